@@ -1,0 +1,202 @@
+"""The Mamba-2 mixer and its pre-norm residual block.
+
+Parameter names and shapes are mamba_ssm's (`mamba_ssm.modules.mamba2.Mamba2`,
+`mamba_ssm.modules.block.Block`), so its checkpoints load with `load_state_dict` unchanged.
+
+A layer's recurrent state is a pair:
+    conv_state (b, conv_dim, d_conv - 1): the last inputs of the depthwise causal conv
+    ssm_state  (b, nheads, headdim, d_state): the SSD state, float32
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import Mamba2Config, SSMConfig
+from .ssd import ssd_scan, ssd_step, state_dtype
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        dtype = x.dtype
+        x = x.to(state_dtype(dtype))
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x * self.weight.to(x.dtype)).to(dtype)
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm(x * silu(z)) over groups of `group_size` channels (norm_before_gate=False)."""
+
+    def __init__(self, d: int, group_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.group_size = group_size
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x, z):
+        dtype = x.dtype
+        x = x.to(state_dtype(dtype)) * F.silu(z.to(state_dtype(dtype)))
+        xg = x.unflatten(-1, (-1, self.group_size))
+        xg = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xg.flatten(-2) * self.weight.to(x.dtype)).to(dtype)
+
+
+def causal_conv1d(x, weight, bias, conv_state):
+    """Depthwise causal conv continuing from `conv_state`.
+
+    x (b, dim, l), weight (dim, 1, w), conv_state (b, dim, w - 1).
+    Returns y (b, dim, l) and the new conv_state (the last w - 1 inputs, state included).
+    """
+    w = weight.shape[-1]
+    xs = torch.cat([conv_state.to(x.dtype), x], dim=-1)  # (b, dim, w - 1 + l)
+    y = F.conv1d(xs, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), groups=x.shape[1])
+    return y, xs[..., xs.shape[-1] - (w - 1):]
+
+
+class Mamba2(nn.Module):
+    def __init__(self, cfg: SSMConfig, layer_idx: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.layer_idx = layer_idx
+        self.in_proj = nn.Linear(cfg.d_model, cfg.d_in_proj, bias=cfg.bias)
+        self.conv1d = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, cfg.d_conv, groups=cfg.conv_dim,
+                                padding=cfg.d_conv - 1, bias=cfg.conv_bias)
+        self.dt_bias = nn.Parameter(torch.empty(cfg.nheads))
+        self.A_log = nn.Parameter(torch.empty(cfg.nheads))
+        self.D = nn.Parameter(torch.ones(cfg.d_ssm if cfg.D_has_hdim else cfg.nheads))
+        if cfg.rmsnorm:
+            self.norm = GatedRMSNorm(cfg.d_ssm, group_size=cfg.d_ssm // cfg.ngroups)
+        self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=cfg.bias)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self):
+        """mamba_ssm's initialisation: dt log-uniform in [dt_min, dt_max], A uniform in A_init_range."""
+        c = self.cfg
+        dt = torch.exp(torch.rand(c.nheads) * (math.log(c.dt_max) - math.log(c.dt_min)) + math.log(c.dt_min))
+        dt = dt.clamp(min=c.dt_init_floor)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
+        self.A_log.copy_(torch.log(torch.empty(c.nheads).uniform_(*c.A_init_range)))
+        self.D.fill_(1.0)
+        self.dt_bias._no_reinit = True
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+
+    def empty_state(self, batch: int, dtype=torch.float32, device=None):
+        c = self.cfg
+        conv = torch.zeros(batch, c.conv_dim, c.d_conv - 1, dtype=dtype, device=device)
+        ssm = torch.zeros(batch, c.nheads, c.headdim, c.d_state, dtype=state_dtype(dtype), device=device)
+        return conv, ssm
+
+    def _split(self, zxbcdt):
+        c = self.cfg
+        d_mlp = (zxbcdt.shape[-1] - 2 * c.d_ssm - 2 * c.ngroups * c.d_state - c.nheads) // 2
+        return torch.split(zxbcdt, [d_mlp, d_mlp, c.d_ssm, c.conv_dim, c.nheads], dim=-1)
+
+    def _output(self, y, z, z0, x0):
+        if self.cfg.rmsnorm:
+            y = self.norm(y, z)
+        if z0.shape[-1] > 0:  # d_ssm < d_inner: the rest of d_inner is a gated MLP branch
+            y = torch.cat([F.silu(z0) * x0, y], dim=-1)
+        return self.out_proj(y)
+
+    def forward(self, u, state=None):
+        """u (b, l, d_model) -> out (b, l, d_model), new (conv_state, ssm_state)."""
+        c = self.cfg
+        b, l, _ = u.shape
+        conv_state, ssm_state = state if state is not None else self.empty_state(b, u.dtype, u.device)
+        z0, x0, z, xBC, dt = self._split(self.in_proj(u))
+        xBC, conv_state = causal_conv1d(xBC.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, conv_state)
+        xBC = F.silu(xBC.transpose(1, 2))  # (b, l, conv_dim)
+        x, B, C = torch.split(xBC, [c.d_ssm, c.ngroups * c.d_state, c.ngroups * c.d_state], dim=-1)
+        y, ssm_state = ssd_scan(
+            x.unflatten(-1, (c.nheads, c.headdim)), dt, -torch.exp(self.A_log.float()),
+            B.unflatten(-1, (c.ngroups, c.d_state)), C.unflatten(-1, (c.ngroups, c.d_state)),
+            c.chunk_size, D=self.D.unflatten(-1, (c.nheads, c.headdim)) if c.D_has_hdim else self.D,
+            z=None if c.rmsnorm else z.unflatten(-1, (c.nheads, c.headdim)),
+            dt_bias=self.dt_bias, dt_softplus=True, dt_limit=c.dt_limit, initial_state=ssm_state,
+        )
+        return self._output(y.flatten(-2), z, z0, x0), (conv_state, ssm_state)
+
+    def step(self, u, state):
+        """u (b, d_model), one position -> out (b, d_model), new state."""
+        c = self.cfg
+        conv_state, ssm_state = state
+        z0, x0, z, xBC, dt = self._split(self.in_proj(u))
+        xBC, conv_state = causal_conv1d(xBC[:, :, None], self.conv1d.weight, self.conv1d.bias, conv_state)
+        xBC = F.silu(xBC[:, :, 0])
+        x, B, C = torch.split(xBC, [c.d_ssm, c.ngroups * c.d_state, c.ngroups * c.d_state], dim=-1)
+        y, ssm_state = ssd_step(
+            ssm_state, x.unflatten(-1, (c.nheads, c.headdim)), dt, -torch.exp(self.A_log.float()),
+            B.unflatten(-1, (c.ngroups, c.d_state)), C.unflatten(-1, (c.ngroups, c.d_state)),
+            D=self.D.unflatten(-1, (c.nheads, c.headdim)) if c.D_has_hdim else self.D,
+            z=None if c.rmsnorm else z.unflatten(-1, (c.nheads, c.headdim)),
+            dt_bias=self.dt_bias, dt_softplus=True, dt_limit=c.dt_limit,
+        )
+        return self._output(y.flatten(-2), z, z0, x0), (conv_state, ssm_state)
+
+
+class GatedMLP(nn.Module):
+    """mamba_ssm's GatedMLP (used when d_intermediate > 0): fc2(y * silu(gate))."""
+
+    def __init__(self, d_model: int, d_intermediate: int):
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, 2 * d_intermediate, bias=False)
+        self.fc2 = nn.Linear(d_intermediate, d_model, bias=False)
+
+    def forward(self, x):
+        y, gate = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(y * F.silu(gate))
+
+
+def make_norm(config: Mamba2Config, d: int) -> nn.Module:
+    return RMSNorm(d, config.norm_epsilon) if config.rms_norm else nn.LayerNorm(d, eps=config.norm_epsilon)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: residual += hidden; hidden = mixer(norm(residual)) [; then the MLP]."""
+
+    def __init__(self, config: Mamba2Config, layer_idx: int):
+        super().__init__()
+        self.residual_in_fp32 = config.residual_in_fp32
+        self.norm = make_norm(config, config.d_model)
+        self.mixer = Mamba2(config.ssm, layer_idx)
+        if config.d_intermediate > 0:
+            self.norm2 = make_norm(config, config.d_model)
+            self.mlp = GatedMLP(config.d_model, config.d_intermediate)
+        else:
+            self.mlp = None
+
+    def _add_norm(self, norm, hidden, residual):
+        residual = hidden if residual is None else hidden + residual
+        hidden = norm(residual.to(norm.weight.dtype))
+        return hidden, residual.float() if self.residual_in_fp32 else residual
+
+    def _finish(self, hidden, residual):
+        if self.mlp is not None:
+            hidden, residual = self._add_norm(self.norm2, hidden, residual)
+            hidden = self.mlp(hidden)
+        return hidden, residual
+
+    def forward(self, hidden, residual=None, state=None):
+        """hidden, residual (b, l, d) -> hidden, residual, new layer state."""
+        hidden, residual = self._add_norm(self.norm, hidden, residual)
+        hidden, state = self.mixer(hidden, state)
+        hidden, residual = self._finish(hidden, residual)
+        return hidden, residual, state
+
+    def step(self, hidden, residual, state):
+        """One position: hidden, residual (b, d)."""
+        hidden, residual = self._add_norm(self.norm, hidden, residual)
+        hidden, state = self.mixer.step(hidden, state)
+        hidden, residual = self._finish(hidden, residual)
+        return hidden, residual, state
