@@ -59,7 +59,7 @@ def causal_conv1d(x, weight, bias, conv_state):
     w = weight.shape[-1]
     xs = torch.cat([conv_state.to(x.dtype), x], dim=-1)  # (b, dim, w - 1 + l)
     y = F.conv1d(xs, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), groups=x.shape[1])
-    return y, xs[..., xs.shape[-1] - (w - 1):]
+    return y, xs[..., xs.shape[-1] - (w - 1):].clone()  # a copy: a view would keep all of xs alive
 
 
 class Mamba2(nn.Module):
