@@ -175,8 +175,9 @@ def test_captions():
     for t in range(120):
         kinds = sorted(visible_kinds(v, t), key=KINDS.index)
         words = [an(k) for k in kinds]
-        expect = "nothing" if not kinds else words[0] if len(kinds) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-        assert v.frame_caption(t) == expect
+        if len(words) > 1:
+            words = [", ".join(words[:-1]) + " and " + words[-1]]
+        assert v.frame_caption(t) == (words[0] if words else "nothing")
     events = replay_events(v, 119)
     assert v.timed_captions() == [(t, f"at {t // 60}:{t % 60:02d} {an(k)} appears") for t, k in events]
     assert v.timed_captions(as_of=50) == [(t, text) for t, text in v.timed_captions() if t <= 50]
@@ -227,7 +228,7 @@ def test_positions_and_sizes_agree_across_aspect_ratios(seed):
 
 
 def test_bad_arguments_raise():
-    for args in [(-1, 60), (0, 3), (0, 60.5), ("7", 60)]:
+    for args in [(-1, 60), (0, 3), (0, 60.5), ("7", 60), (0, "60")]:
         with pytest.raises(ShapeWorldError):
             generate(*args)
     v = generate(0, 20)
@@ -250,10 +251,11 @@ def test_write_mp4_round_trips_through_a_decoder(tmp_path, codec, suffix):
         stream = container.streams.video[0]
         if codec == "h264":
             assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
-        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-    assert len(decoded) == 40 and decoded[0].shape == (96, 160, 3)
+        decoded = [(f.time, f.to_ndarray(format="rgb24")) for f in container.decode(stream)]
+    assert len(decoded) == 40 and decoded[0][1].shape == (96, 160, 3)
+    assert [t for t, _ in decoded] == pytest.approx([k / 4 for k in range(40)])
     checked = 0
-    for k, frame in enumerate(decoded):
+    for k, (_, frame) in enumerate(decoded):
         t = k / 4
         for a in v.visible(t):
             if a.size * 96 < 16:

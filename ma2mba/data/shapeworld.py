@@ -18,8 +18,8 @@ plain or noisy dark colours, changing between scenes of random length.
 Geometry lives in normalised coordinates: a centre (x, y) is a fraction of the frame's width and
 height, a size a fraction of its shorter side. So a video renders at any resolution and aspect
 ratio with undistorted shapes, always fully inside the frame. Everything is deterministic from the
-seed: only numpy's PCG64 integer and uniform draws, and geometry from +-*/ and sqrt (which IEEE
-rounds exactly), so the same seed gives the same bytes on any machine.
+seed: only numpy's PCG64 integer and uniform draws, and geometry from + - * / and sqrt (which IEEE
+rounds exactly, unlike sin or cos), so the same seed gives the same bytes on any machine.
 """
 
 from __future__ import annotations
@@ -188,7 +188,12 @@ class QA:
 
 @dataclass
 class Video:
-    """A ShapeWorld video: `appearances` sorted by start, `scenes` covering [0, duration)."""
+    """A ShapeWorld video: `appearances` sorted by start, `scenes` covering [0, duration).
+
+    What is where: visible(t), seen(as_of), counts(as_of), scene_at(t).
+    Pixels: render(t, w, h), render_many(times, w, h), frames(fps, w, h).
+    Language: frame_caption(t), timed_captions(as_of), all_questions(as_of), questions(rng, n, kinds, as_of).
+    """
 
     seed: int
     duration: int  # seconds
@@ -370,7 +375,8 @@ _RGB_ARRAYS = {name: np.array(rgb, np.uint8) for name, rgb in COLOR_RGB.items()}
 
 
 def _check_size(width, height):
-    if not (isinstance(width, (int, np.integer)) and isinstance(height, (int, np.integer)) and width > 0 and height > 0):
+    whole = all(isinstance(v, (int, np.integer)) for v in (width, height))
+    if not whole or width <= 0 or height <= 0:
         raise ShapeWorldError(f"Frame size must be positive whole pixels, got {width}x{height}.")
 
 
@@ -411,15 +417,6 @@ def _shuffle(rng, items: list):
         items[i], items[j] = items[j], items[i]
 
 
-def _pick_weighted(rng, items, weights):
-    x = float(rng.random()) * sum(weights)
-    for item, w in zip(items, weights):
-        x -= w
-        if x < 0:
-            return item
-    return items[-1]
-
-
 def _range_arg(name, value, lo, hi):
     value = (value, value) if isinstance(value, (int, float, np.integer, np.floating)) else tuple(value)
     if len(value) != 2 or not lo <= value[0] <= value[1] <= hi:
@@ -456,7 +453,8 @@ def generate(
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ShapeWorldError(f"seed must be a non-negative integer, got {seed!r}.")
-    if not float(duration_s).is_integer() or duration_s < MIN_DURATION_S:
+    number = isinstance(duration_s, (int, float, np.integer, np.floating)) and not isinstance(duration_s, bool)
+    if not number or not float(duration_s).is_integer() or duration_s < MIN_DURATION_S:
         raise ShapeWorldError(f"duration_s must be a whole number of seconds >= {MIN_DURATION_S}, got {duration_s}.")
     duration = int(duration_s)
     n_frequent = _range_arg("n_frequent", n_frequent, 0, len(KINDS))
@@ -567,13 +565,21 @@ def _with_path(rng, kind, start, end, placed, speed) -> Appearance | None:
         x1 = min(max(x0 + _uniform(rng, -reach, reach), half), 1 - half)
         y1 = min(max(y0 + _uniform(rng, -reach, reach), half), 1 - half)
         a = Appearance(color, shape, start, end, size, (x0, y0, x1, y1))
-        if all(_closest_approach(a, b) >= EXTENT[shape] * size + EXTENT[b.shape] * b.size + CLEARANCE for b in together):
+        if all(_closest_approach_sq(a, b) >= (_reach(a) + _reach(b) + CLEARANCE) ** 2 for b in together):
             return a
     return None
 
 
-def _closest_approach(a: Appearance, b: Appearance) -> float:
-    """The smallest distance between the centres of a and b while both are on screen (exact: motion is linear)."""
+def _reach(a: Appearance) -> float:
+    """Radius around the centre that holds the whole shape."""
+    return EXTENT[a.shape] * a.size
+
+
+def _closest_approach_sq(a: Appearance, b: Appearance) -> float:
+    """The smallest squared distance between the centres of a and b while both are on screen.
+
+    Exact, as the motion is linear; squared, so only + - * / decide (the same on every machine).
+    """
     lo, hi = max(a.start, b.start), min(a.end, b.end)
     (ax, ay), (bx, by) = a.position(lo), b.position(lo)
     (ax1, ay1), (bx1, by1) = a.position(hi), b.position(hi)
@@ -581,13 +587,17 @@ def _closest_approach(a: Appearance, b: Appearance) -> float:
     vx, vy = (ax1 - bx1) - dx, (ay1 - by1) - dy  # change of the offset from lo to hi
     vv = vx * vx + vy * vy
     f = 0.0 if vv == 0 else min(1.0, max(0.0, -(dx * vx + dy * vy) / vv))
-    return math.hypot(dx + vx * f, dy + vy * f)
+    dx, dy = dx + vx * f, dy + vy * f
+    return dx * dx + dy * dy
 
 
 # ----------------------------------------------------------------------------------------------
 # Files.
 
-_CODECS = {"h264": ("libx264", {"crf": "20", "preset": "veryfast"}), "vp9": ("libvpx-vp9", {"crf": "30", "b": "0", "deadline": "realtime", "cpu-used": "8"})}
+_CODECS = {  # name -> (encoder, options): good quality, fast enough to write long videos
+    "h264": ("libx264", {"crf": "20", "preset": "veryfast"}),
+    "vp9": ("libvpx-vp9", {"crf": "30", "b": "0", "deadline": "realtime", "cpu-used": "8"}),
+}
 
 
 def write_mp4(video: Video, path, fps: float = 30, width: int = 640, height: int = 360, codec: str = "h264") -> Path:
