@@ -1,8 +1,10 @@
 """Train the packaged model: the paper's staged recipe, adapted to ShapeWorld on a CPU.
 
 Stages (Video-Ma²mba §4, adapted):
+  0    vision    the frame encoder learns which of the 28 kinds are visible (multi-label), standing
+                 in for CLIP's pretraining: we have no pretrained vision tower.
   1    align     single frames -> "Describe the frame." -> "a red star and a blue circle".
-                 Trains everything, the vision encoder included (we have no pretrained CLIP).
+                 Trains the projector and the LM on a frozen vision encoder.
   1.5  captions  long videos -> "Describe the recent events." -> dense timed captions.
   2    qa        long videos -> the seven ShapeWorld question types.
 Stages 1.5 and 2 freeze the vision encoder, as the paper freezes CLIP, and climb a curriculum of
@@ -32,7 +34,8 @@ import psutil
 import torch
 
 from .data import shapeworld
-from .data.batches import ASPECTS, Ask, collate, gather_states, prompt_state, render_letterboxed, states_at_moments, visual_tokens, answer_scores
+from .data.batches import (ASPECTS, Ask, answer_scores, collate, gather_states, pixels, prompt_state,
+                           render_letterboxed, states_at_moments, visual_tokens)
 from .model import VideoMa2mba, packaged_config
 from .tokenizer import build_word_tokenizer
 
@@ -46,7 +49,7 @@ CAPTION_MAX_EVENTS = 4
 @dataclass
 class Stage:
     name: str
-    task: str  # "frames", "captions" or "qa"
+    task: str  # "kinds", "frames", "captions" or "qa"
     steps: int
     lr: float
     lengths: tuple = (1,)  # curriculum of video lengths in seconds (= frames at 1 FPS)
@@ -66,14 +69,16 @@ class Stage:
 
 RECIPES = {
     "shapes": [
-        Stage("align", "frames", steps=1200, lr=2e-3, train_vision=True, warmup=100),
+        Stage("vision", "kinds", steps=800, lr=3e-3, frames_per_step=128, train_vision=True, warmup=50),
+        Stage("align", "frames", steps=600, lr=2e-3, warmup=50),
         Stage("captions", "captions", steps=500, lr=1e-3, lengths=(16, 32, 64, 128), moments=6, asks_per_moment=2),
         Stage("qa", "qa", steps=4000, lr=1e-3, lengths=(16, 32, 64, 128, 256, 512, 768),
               caption_share=0.1, checkpointing="multi_axis"),
     ],
     # A few steps of everything: the tests and `--recipe smoke` use it to exercise the whole loop.
     "smoke": [
-        Stage("align", "frames", steps=3, lr=1e-3, frames_per_step=8, train_vision=True, warmup=1),
+        Stage("vision", "kinds", steps=2, lr=1e-3, frames_per_step=8, train_vision=True, warmup=1),
+        Stage("align", "frames", steps=3, lr=1e-3, frames_per_step=8, warmup=1),
         Stage("captions", "captions", steps=2, lr=1e-3, lengths=(6,), tokens_per_step=48, warmup=1),
         Stage("qa", "qa", steps=3, lr=1e-3, lengths=(6, 10), min_steps=1, promote_at=0.0,
               tokens_per_step=64, warmup=1, checkpointing="multi_axis"),
@@ -150,9 +155,9 @@ def no_decay(name: str, p: torch.nn.Parameter) -> bool:
     return p.dim() < 2 or getattr(p, "_no_weight_decay", False) or "embedding" in name or "time_embed" in name
 
 
-def make_optimizer(model: VideoMa2mba, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(named_params, lr: float) -> torch.optim.Optimizer:
     decay, other = [], []
-    for name, p in model.named_parameters():
+    for name, p in named_params:
         (other if no_decay(name, p) else decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
                              lr=lr, betas=(0.9, 0.95))
@@ -167,17 +172,33 @@ class Trainer:
         self.seed = seed
         self.bf16 = bf16
         self.model = model if model is not None else new_packaged_model(seed)
+        # Stage 0's temporary classifier: which of the 28 kinds a frame shows (not part of the model).
+        self.kinds_head = torch.nn.Linear(self.model.vision.out_dim, len(shapeworld.KINDS))
         self.stage_index, self.step = 0, 0
         self.rng = np.random.default_rng(seed)
-        self.curriculum = Curriculum(self.stages[0])
-        self.optimizer = make_optimizer(self.model, self.stages[0].lr)
         self.seconds = 0.0  # training wall time, summed over resumed runs
         self.videos_made = 0
         self._stop = False
+        self._begin_stage()
         if (self.out / "checkpoint.pt").exists():
             self._load(self.out / "checkpoint.pt")
 
-    # --- one step ---
+    @property
+    def stage(self) -> Stage:
+        return self.stages[min(self.stage_index, len(self.stages) - 1)]
+
+    def _trainable(self, stage: Stage):
+        """(name, parameter) pairs a stage trains: the vision encoder only while it is being taught."""
+        if stage.task == "kinds":
+            return [*self.model.vision.named_parameters("vision"), *self.kinds_head.named_parameters("kinds_head")]
+        return [(n, p) for n, p in self.model.named_parameters() if stage.train_vision or not n.startswith("vision.")]
+
+    def _begin_stage(self) -> None:
+        stage = self.stage
+        self.curriculum = Curriculum(stage)
+        self.optimizer = make_optimizer(self._trainable(stage), stage.lr)  # fresh moments for a new task
+
+    # --- batches ---
     def _video(self, duration: int) -> shapeworld.Video:
         self.videos_made += 1
         return shapeworld.generate(TRAIN_SEED_BASE + self.seed * (1 << 24) + self.videos_made, duration)
@@ -188,75 +209,95 @@ class Trainer:
         return render_letterboxed(video, times, self.model.vision.cfg.image_size, aspect, upload_like)
 
     def _frames_batch(self, stage: Stage):
-        """Single frames at random moments of random videos, each with its caption."""
-        frames, times, asks = [], [], []
+        """Single frames at random moments of short (busy) videos, with their captions and kinds."""
+        frames, times, asks, kinds = [], [], [], []
         per_video = 8
         for i in range(0, stage.frames_per_step, per_video):
-            video = self._video(int(self.rng.integers(30, 600)))
+            video = self._video(int(self.rng.integers(16, 120)))
             ts = sorted(self.rng.choice(video.duration, size=per_video, replace=False).tolist())
             frames.append(self._render(video, ts, stage))
             times += ts
             asks += [Ask(i + j, 0, FRAME_QUESTION, video.frame_caption(t), "frame") for j, t in enumerate(ts)]
+            kinds += [[shapeworld.KINDS.index(a.kind) for a in video.visible(t)] for t in ts]
         frames = np.concatenate(frames)[:, None]  # (B, 1, S, S, 3): B one-frame videos
-        return frames, np.array(times)[:, None], [1], asks
+        return frames, np.array(times)[:, None], [1], asks, kinds
 
     def _video_batch(self, stage: Stage, length: int):
         """Videos of `length` seconds, with questions asked at several moments of each."""
         batch = max(1, stage.tokens_per_step // (length * self.model.tokens_per_frame))
-        moments = sorted(set(self.rng.choice(np.arange(1, length), size=min(stage.moments - 1, length - 1),
-                                             replace=False).tolist()) | {length})
+        inner = self.rng.choice(np.arange(1, length), size=min(stage.moments - 1, length - 1), replace=False)
+        moments = sorted(set(inner.tolist()) | {length})
         frames, asks = [], []
         for b in range(batch):
             video = self._video(length)
             frames.append(self._render(video, range(length), stage))
             for j, m in enumerate(moments):
                 as_of = m - 1  # the moment's last frame is shown at second m - 1
-                n_caption = int(self.rng.binomial(stage.asks_per_moment, stage.caption_share))
-                if stage.task == "captions":
-                    n_caption = stage.asks_per_moment
-                for _ in range(n_caption):
-                    asks.append(Ask(b, j, CAPTION_QUESTION, caption_answer(video, as_of), "caption"))
+                n_caption = stage.asks_per_moment if stage.task == "captions" else \
+                    int(self.rng.binomial(stage.asks_per_moment, stage.caption_share))
+                asks += [Ask(b, j, CAPTION_QUESTION, caption_answer(video, as_of), "caption")] * n_caption
                 for qa in video.questions(self.rng, n=stage.asks_per_moment - n_caption, as_of=as_of):
                     asks.append(Ask(b, j, qa.question, qa.answer, qa.kind_of_question))
-        times = np.arange(length)
-        return np.stack(frames), times, moments, asks
+        return np.stack(frames), np.arange(length), moments, asks
 
-    def train_step(self, stage: Stage) -> dict:
+    # --- steps ---
+    def _optimise(self, stage: Stage, loss: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(stage, self.step)
+        self.optimizer.step()
+        return float(grad_norm)
+
+    def _kinds_step(self, stage: Stage):
+        frames, _, _, _, kinds = self._frames_batch(stage)
+        target = torch.zeros(len(kinds), len(shapeworld.KINDS))
+        for i, ks in enumerate(kinds):
+            target[i, ks] = 1.0
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            feats = self.model.vision(pixels(frames[:, 0], self.model.device)).mean(1)  # (B, C)
+            logits = self.kinds_head(feats).float()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        correct = ((logits > 0) == target.bool()).all(1).tolist()
+        return loss, correct, ["kinds"] * len(kinds), 1, len(kinds)
+
+    def _answer_step(self, stage: Stage):
         model = self.model
-        length = 1 if stage.task == "frames" else self.curriculum.length(self.rng)
         if stage.task == "frames":
-            frames, times, moments, asks = self._frames_batch(stage)
+            length = 1
+            frames, times, moments, asks, _ = self._frames_batch(stage)
         else:
+            length = self.curriculum.length(self.rng)
             frames, times, moments, asks = self._video_batch(stage, length)
-        started = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             visual = visual_tokens(model, frames, train_vision=stage.train_vision)  # (B, N, k, d)
             tokens = model.frame_embeds(visual, times)  # (B, N, 1 + k, d)
             states = states_at_moments(model, tokens, moments, prompt_state(model, tokens.shape[0]))
             ids, labels = collate(model, asks)
             loss, correct = answer_scores(model, gather_states(states, asks), ids, labels)
-            loss = loss.mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(stage, self.step)
-        self.optimizer.step()
-        elapsed = time.perf_counter() - started
-        correct = correct.tolist()
-        if stage.task != "frames":
+        n_tokens = int(frames.shape[0] * frames.shape[1] * model.tokens_per_frame + ids.numel())
+        return loss.mean(), correct.tolist(), [a.kind for a in asks], length, n_tokens
+
+    def train_step(self, stage: Stage) -> dict:
+        started = time.perf_counter()
+        step = self._kinds_step if stage.task == "kinds" else self._answer_step
+        loss, correct, kinds, length, n_tokens = step(stage)
+        grad_norm = self._optimise(stage, loss)
+        if stage.task in ("captions", "qa"):
             self.curriculum.record(length, correct)
         by_kind = {}
-        for a, c in zip(asks, correct):
-            by_kind.setdefault(a.kind, []).append(c)
+        for k, c in zip(kinds, correct):
+            by_kind.setdefault(k, []).append(c)
         return {
             "stage": stage.name, "step": self.step, "length": length, "loss": round(loss.item(), 4),
             "accuracy": round(float(np.mean(correct)), 4),
             "by_kind": {k: round(float(np.mean(v)), 3) for k, v in sorted(by_kind.items())},
-            "grad_norm": round(float(grad_norm), 3), "lr": lr_at(stage, self.step),
+            "grad_norm": round(grad_norm, 3), "lr": lr_at(stage, self.step),
             "level": self.curriculum.level, "level_accuracy": round(self.curriculum.accuracy(), 4),
-            "tokens": int(frames.shape[0] * frames.shape[1] * model.tokens_per_frame + ids.numel()),
-            "seconds": round(elapsed, 3), "rss_mb": psutil.Process().memory_info().rss >> 20,
+            "tokens": n_tokens, "seconds": round(time.perf_counter() - started, 3),
+            "rss_mb": psutil.Process().memory_info().rss >> 20,
         }
 
     # --- the loop ---
@@ -271,15 +312,14 @@ class Trainer:
         log = open(self.out / "log.jsonl", "a")
         try:
             while self.stage_index < len(self.stages) and not self._stop:
-                stage = self.stages[self.stage_index]
+                stage = self.stage
                 self.model.train()
                 self.model.vision.train(stage.train_vision)
                 self.model.lm.set_checkpointing(stage.checkpointing)
                 bar = tqdm(total=stage.steps, initial=self.step, desc=f"stage {stage.name}", disable=not progress)
                 while self.step < stage.steps and not self._stop:
-                    started = time.perf_counter()
                     record = self.train_step(stage)
-                    self.seconds += time.perf_counter() - started
+                    self.seconds += record["seconds"]
                     record["wall_seconds"] = round(self.seconds, 1)
                     log.write(json.dumps(record) + "\n")
                     log.flush()
@@ -293,7 +333,10 @@ class Trainer:
                         self._stop = True
                 bar.close()
                 if self.step >= stage.steps:
-                    self._next_stage()
+                    self.stage_index += 1
+                    self.step = 0
+                    if self.stage_index < len(self.stages):
+                        self._begin_stage()
                     self.save_checkpoint()
         except KeyboardInterrupt:
             pass
@@ -305,20 +348,13 @@ class Trainer:
             self.model.lm.set_checkpointing("none")
             self.model.eval().save_pretrained(self.out / "model")
 
-    def _next_stage(self):
-        self.stage_index += 1
-        self.step = 0
-        if self.stage_index < len(self.stages):
-            stage = self.stages[self.stage_index]
-            self.curriculum = Curriculum(stage)
-            self.optimizer = make_optimizer(self.model, stage.lr)  # fresh moments for a new task
-
     # --- checkpoints ---
     def save_checkpoint(self) -> None:
         path = self.out / "checkpoint.pt"
         tmp = path.with_suffix(".tmp")
         torch.save({
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": self.model.state_dict(), "kinds_head": self.kinds_head.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
             "stage_index": self.stage_index, "step": self.step, "curriculum": self.curriculum.state_dict(),
             "rng": json.dumps(self.rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
             "seconds": self.seconds, "videos_made": self.videos_made, "recipe": self.recipe_name,
@@ -327,23 +363,22 @@ class Trainer:
         os.replace(tmp, path)  # never leave a half-written checkpoint
 
     def _load(self, path: Path) -> None:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        if ck["recipe"] != self.recipe_name:
-            raise ValueError(f"{path} was written by recipe {ck['recipe']!r}, not {self.recipe_name!r}")
         from tokenizers import Tokenizer as HFTokenizer
 
         from .model import VideoConfig
         from .tokenizer import Tokenizer
 
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        if ck["recipe"] != self.recipe_name:
+            raise ValueError(f"{path} was written by recipe {ck['recipe']!r}, not {self.recipe_name!r}")
         config = VideoConfig.from_dict(json.loads(ck["config"]))
         self.model = VideoMa2mba(config, Tokenizer(HFTokenizer.from_str(ck["tokenizer"])))
         self.model.load_state_dict(ck["model"])
+        self.kinds_head.load_state_dict(ck["kinds_head"])
         self.stage_index, self.step = ck["stage_index"], ck["step"]
         self.seconds, self.videos_made = ck["seconds"], ck["videos_made"]
-        stage = self.stages[min(self.stage_index, len(self.stages) - 1)]
-        self.curriculum = Curriculum(stage)
+        self._begin_stage()
         self.curriculum.load_state_dict(ck["curriculum"])
-        self.optimizer = make_optimizer(self.model, stage.lr)
         self.optimizer.load_state_dict(ck["optimizer"])
         self.rng.bit_generator.state = json.loads(ck["rng"])
         torch.set_rng_state(ck["torch_rng"])
