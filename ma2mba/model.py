@@ -208,7 +208,7 @@ def packaged_config() -> VideoConfig:
     """The packaged model's architecture (trained by `python -m ma2mba train --recipe shapes`)."""
     lm = Mamba2Config(
         d_model=192, n_layer=6, vocab_size=128, pad_vocab_size_multiple=8,
-        ssm_cfg=dict(d_state=64, headdim=48, chunk_size=64),
+        ssm_cfg=dict(d_state=32, headdim=48, chunk_size=64),
     )
     return VideoConfig(lm=lm, vision=VisionConfig(kind="shapes", image_size=128, tokens_per_side=1))
 

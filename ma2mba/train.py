@@ -34,7 +34,7 @@ import psutil
 import torch
 
 from .data import shapeworld
-from .data.batches import (ASPECTS, Ask, answer_scores, collate, gather_states, pixels, prompt_state,
+from .data.batches import (ASPECTS, Ask, answer_scores, collate, conversations, gather_states, pixels, prompt_state,
                            render_letterboxed, states_at_moments, visual_tokens)
 from .model import VideoMa2mba, packaged_config
 from .tokenizer import build_word_tokenizer
@@ -59,7 +59,8 @@ class Stage:
     tokens_per_step: int = 8192  # video tokens per step; the batch size follows from the length
     frames_per_step: int = 96  # the "frames" task's batch
     moments: int = 4  # states per video that questions branch from
-    asks_per_moment: int = 6
+    asks_per_step: int = 384  # questions per step, spread over the videos and moments
+    turns: int = 4  # questions per conversation (the paper's multi-turn template)
     caption_share: float = 0.0  # qa stage: share of timed-caption asks kept from stage 1.5
     upload_share: float = 0.25  # frames rendered at 360p and shrunk, as uploads are
     train_vision: bool = False
@@ -71,7 +72,7 @@ RECIPES = {
     "shapes": [
         Stage("vision", "kinds", steps=800, lr=3e-3, frames_per_step=128, train_vision=True, warmup=50),
         Stage("align", "frames", steps=600, lr=2e-3, warmup=50),
-        Stage("captions", "captions", steps=500, lr=1e-3, lengths=(16, 32, 64, 128), moments=6, asks_per_moment=2),
+        Stage("captions", "captions", steps=500, lr=1e-3, lengths=(16, 32, 64, 128), moments=6, asks_per_step=192),
         Stage("qa", "qa", steps=4000, lr=1e-3, lengths=(16, 32, 64, 128, 256, 512, 768),
               caption_share=0.1, checkpointing="multi_axis"),
     ],
@@ -79,9 +80,9 @@ RECIPES = {
     "smoke": [
         Stage("vision", "kinds", steps=2, lr=1e-3, frames_per_step=8, train_vision=True, warmup=1),
         Stage("align", "frames", steps=3, lr=1e-3, frames_per_step=8, warmup=1),
-        Stage("captions", "captions", steps=2, lr=1e-3, lengths=(6,), tokens_per_step=48, warmup=1),
+        Stage("captions", "captions", steps=2, lr=1e-3, lengths=(6,), tokens_per_step=48, asks_per_step=8, warmup=1),
         Stage("qa", "qa", steps=3, lr=1e-3, lengths=(6, 10), min_steps=1, promote_at=0.0,
-              tokens_per_step=64, warmup=1, checkpointing="multi_axis"),
+              tokens_per_step=64, asks_per_step=16, warmup=1, checkpointing="multi_axis"),
     ],
 }
 
@@ -227,16 +228,17 @@ class Trainer:
         batch = max(1, stage.tokens_per_step // (length * self.model.tokens_per_frame))
         inner = self.rng.choice(np.arange(1, length), size=min(stage.moments - 1, length - 1), replace=False)
         moments = sorted(set(inner.tolist()) | {length})
+        per_moment = max(1, round(stage.asks_per_step / (batch * len(moments))))
         frames, asks = [], []
         for b in range(batch):
             video = self._video(length)
             frames.append(self._render(video, range(length), stage))
             for j, m in enumerate(moments):
                 as_of = m - 1  # the moment's last frame is shown at second m - 1
-                n_caption = stage.asks_per_moment if stage.task == "captions" else \
-                    int(self.rng.binomial(stage.asks_per_moment, stage.caption_share))
+                n_caption = per_moment if stage.task == "captions" else \
+                    int(self.rng.binomial(per_moment, stage.caption_share))
                 asks += [Ask(b, j, CAPTION_QUESTION, caption_answer(video, as_of), "caption")] * n_caption
-                for qa in video.questions(self.rng, n=stage.asks_per_moment - n_caption, as_of=as_of):
+                for qa in video.questions(self.rng, n=per_moment - n_caption, as_of=as_of):
                     asks.append(Ask(b, j, qa.question, qa.answer, qa.kind_of_question))
         return np.stack(frames), np.arange(length), moments, asks
 
@@ -275,8 +277,9 @@ class Trainer:
             visual = visual_tokens(model, frames, train_vision=stage.train_vision)  # (B, N, k, d)
             tokens = model.frame_embeds(visual, times)  # (B, N, 1 + k, d)
             states = states_at_moments(model, tokens, moments, prompt_state(model, tokens.shape[0]))
-            ids, labels = collate(model, asks)
-            loss, correct = answer_scores(model, gather_states(states, asks), ids, labels)
+            groups = conversations(asks, stage.turns)
+            ids, labels, owner = collate(model, asks, groups)
+            loss, correct = answer_scores(model, gather_states(states, asks, groups), ids, labels, owner, len(asks))
         n_tokens = int(frames.shape[0] * frames.shape[1] * model.tokens_per_frame + ids.numel())
         return loss.mean(), correct.tolist(), [a.kind for a in asks], length, n_tokens
 
@@ -301,7 +304,9 @@ class Trainer:
         }
 
     # --- the loop ---
-    def run(self, checkpoint_every: int = 25, max_minutes: float | None = None, progress: bool = True) -> None:
+    def run(self, checkpoint_every: int = 25, max_minutes: float | None = None, max_steps: int | None = None,
+            progress: bool = True) -> None:
+        """Train to the end of the recipe, or pause (resumably) after max_minutes or max_steps."""
         from tqdm import tqdm
 
         def request_stop(*_):
@@ -310,6 +315,7 @@ class Trainer:
         previous = signal.signal(signal.SIGTERM, request_stop)
         deadline = time.time() + 60 * max_minutes if max_minutes else None
         log = open(self.out / "log.jsonl", "a")
+        steps_done = 0
         try:
             while self.stage_index < len(self.stages) and not self._stop:
                 stage = self.stage
@@ -329,7 +335,8 @@ class Trainer:
                                     lvl_acc=record["level_accuracy"])
                     if self.step % checkpoint_every == 0:
                         self.save_checkpoint()
-                    if deadline and time.time() > deadline:
+                    steps_done += 1
+                    if (deadline and time.time() > deadline) or (max_steps and steps_done >= max_steps):
                         self._stop = True
                 bar.close()
                 if self.step >= stage.steps:

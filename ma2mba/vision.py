@@ -4,7 +4,7 @@ Every encoder letterboxes the frame to a fixed square, extracts a feature grid a
 paper's 2×2 pooling, giving `tokens_per_side ** 2` tokens per frame. The projector that maps
 them into the language model lives in model.py.
 
-- `ShapesFrameEncoder`: the packaged model's small CNN (CPU-fast: thousands of 128×128 frames per second).
+- `ShapesFrameEncoder`: the packaged model's small CNN (CPU-fast: over a thousand 128×128 frames per second).
 - `ClipFrameEncoder`: CLIP's vision tower through transformers, as in the paper (ViT-L/14-336,
   penultimate layer, 24×24 patches pooled 2×2 -> 12×12 = 144 tokens).
 """
@@ -25,7 +25,8 @@ class VisionConfig:
     kind: str = "shapes"  # "shapes" (packaged CNN) or "clip"
     image_size: int = 128  # frames are letterboxed to image_size × image_size
     tokens_per_side: int = 1  # tokens per frame = tokens_per_side ** 2, after the 2×2 pooling
-    channels: tuple = (8, 16, 32, 64, 128, 256)  # shapes CNN: one stride-2 3×3 conv per entry
+    channels: tuple = (16, 32, 64, 128)  # shapes CNN: one stride-2 3×3 conv per entry
+    out_dim: int = 256  # shapes CNN: feature size per token
     clip_name: str | None = None  # e.g. "openai/clip-vit-large-patch14-336"
     clip_config: dict | None = field(default=None)  # a CLIPVisionConfig as a dict (random init)
 
@@ -60,25 +61,34 @@ def frames_to_tensor(frames, size: int, device=None) -> torch.Tensor:
 
 
 def pool_2x2(grid: torch.Tensor, tokens_per_side: int) -> torch.Tensor:
-    """(N, C, G, G) -> (N, tokens_per_side², C): average down to 2·t × 2·t, then the paper's 2×2 pooling."""
+    """(N, C, G, G) -> (N, tokens_per_side², C): the strongest response in each of 2t × 2t regions
+    (a detector's "is it anywhere here?"), then the paper's 2×2 average pooling."""
     g = 2 * tokens_per_side
     if grid.shape[-1] != g:
-        grid = F.adaptive_avg_pool2d(grid, g)
+        grid = F.adaptive_max_pool2d(grid, g)
     grid = F.avg_pool2d(grid, 2)  # (N, C, t, t)
     return grid.flatten(2).transpose(1, 2)
 
 
+def conv_bn(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
+
+
 class ShapesFrameEncoder(nn.Module):
+    """Stride-2 convs down to a 1/16 grid, one more 3×3 conv there, a 1×1 conv to out_dim: each grid
+    cell becomes a detector of the objects near it; pooling then says which objects the frame shows."""
+
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.cfg = cfg
         layers, c_in = [], 3
         for c_out in cfg.channels:
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GELU()]
+            layers += conv_bn(c_in, c_out, stride=2)
             c_in = c_out
+        layers += [*conv_bn(c_in, c_in, stride=1), nn.Conv2d(c_in, cfg.out_dim, 1)]
         self.convs = nn.Sequential(*layers)
-        self.norm = nn.LayerNorm(c_in)
-        self.out_dim = c_in
+        self.norm = nn.LayerNorm(cfg.out_dim)
+        self.out_dim = cfg.out_dim
         self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1), persistent=False)
 
     @property
@@ -87,7 +97,7 @@ class ShapesFrameEncoder(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (N, 3, S, S) in [0, 1] -> tokens (N, tokens_per_frame, out_dim)."""
-        grid = self.convs(pixels - self.mean)  # (N, C, S/2^k, S/2^k)
+        grid = self.convs(pixels - self.mean)  # (N, out_dim, S/16, S/16)
         return self.norm(pool_2x2(grid, self.cfg.tokens_per_side))
 
 

@@ -15,7 +15,7 @@ WORDS = ["You are a helpful assistant.", "How many times did a red star appear?"
 def tiny_video_model(seed=0, dtype=torch.float32, tokens_per_side=1) -> VideoMa2mba:
     torch.manual_seed(seed)
     lm = Mamba2Config(d_model=32, n_layer=2, vocab_size=64, ssm_cfg=dict(d_state=8, headdim=8, chunk_size=8))
-    vision = VisionConfig(kind="shapes", image_size=32, channels=(4, 8), tokens_per_side=tokens_per_side)
+    vision = VisionConfig(kind="shapes", image_size=32, channels=(4, 8), out_dim=16, tokens_per_side=tokens_per_side)
     model = VideoMa2mba(VideoConfig(lm=lm, vision=vision), build_word_tokenizer(WORDS))
     return model.to(dtype).eval()
 

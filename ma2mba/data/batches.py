@@ -60,7 +60,7 @@ def visual_tokens(model: VideoMa2mba, frames: np.ndarray, train_vision: bool) ->
 
 @dataclass
 class Ask:
-    """One question asked of one video after it has shown `seen` frames."""
+    """One question asked of one video after it has shown `moment`-th moment's frames."""
 
     video: int
     moment: int  # index into the list of moments
@@ -69,25 +69,43 @@ class Ask:
     kind: str
 
 
-def qa_sequence(model: VideoMa2mba, question: str, answer: str):
-    """Token ids fed after the video and the labels to predict: the answer and its <|endoftext|>."""
-    q, a = model.question_ids(question), model.answer_ids(answer)
-    ids = q + a[:-1]
-    labels = [IGNORE] * (len(q) - 1) + a
-    return ids, labels
+def conversations(asks: list[Ask], turns: int) -> list[list[int]]:
+    """Group asks of the same video and moment into conversations of at most `turns` questions."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, a in enumerate(asks):
+        groups.setdefault((a.video, a.moment), []).append(i)
+    return [g[i:i + turns] for g in groups.values() for i in range(0, len(g), turns)]
 
 
-def collate(model: VideoMa2mba, asks: list[Ask]):
-    """-> ids (n, L), labels (n, L), right-padded (padding is never labelled)."""
-    seqs = [qa_sequence(model, a.question, a.answer) for a in asks]
-    width = max(len(ids) for ids, _ in seqs)
-    eos = model.tokenizer.eos_id
-    ids = torch.full((len(seqs), width), eos, dtype=torch.long)
-    labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
-    for i, (s, l) in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        labels[i, :len(l)] = torch.tensor(l)
-    return ids.to(model.device), labels.to(model.device)
+def conversation_tokens(model: VideoMa2mba, asks: list[Ask]):
+    """The paper's multi-turn template after the video: q1 a1 <|user|> q2 a2 …
+
+    Returns input ids, next-token labels (IGNORE outside answers) and, per position, the index
+    into `asks` whose answer that label belongs to (-1 elsewhere).
+    """
+    stream, owner = [], []
+    for i, a in enumerate(asks):
+        turn = (model.next_turn_ids() if i else []) + model.question_ids(a.question)
+        answer = model.answer_ids(a.answer)
+        stream += turn + answer
+        owner += [-1] * len(turn) + [i] * len(answer)
+    ids, targets, owner = stream[:-1], stream[1:], owner[1:]
+    labels = [t if o >= 0 else IGNORE for t, o in zip(targets, owner)]
+    return ids, labels, owner
+
+
+def collate(model: VideoMa2mba, asks: list[Ask], groups: list[list[int]]):
+    """-> ids, labels, owner (n_conversations, L), right-padded (padding is never labelled)."""
+    seqs = []
+    for g in groups:
+        ids, labels, owner = conversation_tokens(model, [asks[i] for i in g])
+        seqs.append((ids, labels, [g[o] if o >= 0 else -1 for o in owner]))
+    width = max(len(s[0]) for s in seqs)
+    out = [torch.full((len(seqs), width), fill, dtype=torch.long) for fill in (model.tokenizer.eos_id, IGNORE, -1)]
+    for row, seq in enumerate(seqs):
+        for tensor, values in zip(out, seq):
+            tensor[row, :len(values)] = torch.tensor(values)
+    return [t.to(model.device) for t in out]
 
 
 def prompt_state(model: VideoMa2mba, batch: int) -> State:
@@ -110,16 +128,17 @@ def states_at_moments(model: VideoMa2mba, tokens: torch.Tensor, moments: list[in
     return states
 
 
-def gather_states(states: list[State], asks: list[Ask]) -> State:
-    """One state per ask: the state of its video at its moment."""
+def gather_states(states: list[State], asks: list[Ask], groups: list[list[int]]) -> State:
+    """One state per conversation: the state of its video at its moment."""
     batch = states[0][0][0].shape[0]
     stacked = State.cat(states)  # moment-major: row j * batch + b
-    index = torch.tensor([a.moment * batch + a.video for a in asks], device=stacked[0][0].device)
+    first = [asks[g[0]] for g in groups]
+    index = torch.tensor([a.moment * batch + a.video for a in first], device=stacked[0][0].device)
     return stacked.map(lambda t: t.index_select(0, index))
 
 
-def answer_scores(model: VideoMa2mba, state: State, ids: torch.Tensor, labels: torch.Tensor):
-    """-> per-sequence mean cross-entropy (n,) and exact match under teacher forcing (n,) bool.
+def answer_scores(model: VideoMa2mba, state: State, ids, labels, owner, n_asks: int):
+    """-> mean cross-entropy per ask (n_asks,) and exact match per ask under teacher forcing (n_asks,) bool.
 
     Teacher-forced exact match equals greedy decoding's: if every answer token is the argmax given
     the correct prefix, greedy decoding produces exactly that answer.
@@ -129,10 +148,9 @@ def answer_scores(model: VideoMa2mba, state: State, ids: torch.Tensor, labels: t
     logits = model.lm.lm_head(out.hidden[keep]).float()  # the LM head runs only where labels are
     logits[:, len(model.tokenizer):] = -float("inf")  # never predict the vocabulary's padding
     token_loss = torch.nn.functional.cross_entropy(logits, labels[keep], reduction="none")
-    token_right = logits.argmax(-1) == labels[keep]
-    row = keep.nonzero()[:, 0]
-    n = ids.shape[0]
-    counts = torch.zeros(n, device=ids.device).index_add_(0, row, torch.ones_like(token_loss))
-    loss = torch.zeros(n, device=ids.device).index_add_(0, row, token_loss) / counts
-    wrong = torch.zeros(n, device=ids.device).index_add_(0, row, (~token_right).float())
-    return loss, wrong == 0
+    token_wrong = (logits.argmax(-1) != labels[keep]).float()
+    who = owner[keep]
+    zeros = torch.zeros(n_asks, device=ids.device)
+    counts = zeros.index_add(0, who, torch.ones_like(token_loss))
+    loss = zeros.index_add(0, who, token_loss) / counts
+    return loss, zeros.index_add(0, who, token_wrong) == 0
