@@ -1,6 +1,6 @@
 """Decoding at 1 FPS: PyAV against decord on a 10-minute 720p H.264 file, and the 1-hour 480p target.
 
-    python benchmarks/decode.py              # ~15-25 min on 2 busy cores; writes results/decode.json
+    python benchmarks/decode.py              # ~25 min on 2 busy cores; writes results/decode.json
     python benchmarks/decode.py --rounds 1 --skip-hour   # a quick look
 
 The test videos are encoded once with libx264 and cached in runs/bench_videos/ (gitignored).
@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 import av
 import decord
 import numpy as np
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -93,14 +95,15 @@ def ma2mba_backend(name, max_side=None):
     return lambda path: sum(1 for _ in video.sample_frames(path, backend=name, max_side=max_side))
 
 
-def pyav_sequential(thread_type):
-    """The module's PyAV loop with another thread setting."""
+def pyav_variant(thread_type, jump_to_keyframes):
+    """The module's PyAV path with another thread setting, or decoding every frame."""
     def run(path):
         info = video.probe(path)
+        keyframes = video._keyframes(str(path), path.name) if jump_to_keyframes else []
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = thread_type
-            timed = video._pyav_timed(container, stream, path.name, info)
+            timed = video._pyav_timed(container, stream, path.name, info, 1.0, keyframes)
             n = 0
             for _, frame in video._pick_by_time(timed, 1.0, None):
                 frame.to_ndarray(format="rgb24")
@@ -148,26 +151,33 @@ def measure(fn, path):
     return {"wall_s": wall, "cpu_s": cpu, "frames": frames}
 
 
-def compare(path, configs, rounds, baseline):
+def compare(path, configs, rounds):
+    """configs: name -> (fn, how many rounds); the first is the baseline of the ratios.
+    Rounds alternate the order of the configurations so that drift in load evens out."""
     runs = {name: [] for name in configs}
     for r in range(rounds):
-        for name, fn in configs.items():
-            runs[name].append(measure(fn, path))
-            print(f"  round {r + 1}/{rounds} {name:32s} {runs[name][-1]['wall_s']:7.1f} s wall "
-                  f"{runs[name][-1]['cpu_s']:7.1f} s CPU", flush=True)
+        order = list(configs) if r % 2 == 0 else list(reversed(configs))
+        for name in order:
+            fn, n_rounds = configs[name]
+            if r < n_rounds:
+                runs[name].append(measure(fn, path))
+                print(f"  round {r + 1}/{rounds} {name:30s} {runs[name][-1]['wall_s']:7.1f} s wall "
+                      f"{runs[name][-1]['cpu_s']:7.1f} s CPU", flush=True)
+    baseline = runs[next(iter(configs))]
     rows = {}
     for name, rs in runs.items():
-        ratio = [r["wall_s"] / b["wall_s"] for r, b in zip(rs, runs[baseline])]
         rows[name] = {"wall_s": statistics.median(r["wall_s"] for r in rs),
                       "cpu_s": statistics.median(r["cpu_s"] for r in rs),
-                      "wall_ratio_to_" + baseline: statistics.median(ratio),
-                      "frames": rs[0]["frames"], "runs": rs}
+                      # within a round, against the baseline's run of the same round
+                      "wall_ratio": statistics.median(r["wall_s"] / b["wall_s"] for r, b in zip(rs, baseline)),
+                      "cpu_ratio": statistics.median(r["cpu_s"] / b["cpu_s"] for r, b in zip(rs, baseline)),
+                      "rounds": len(rs), "frames": rs[0]["frames"], "runs": rs}
     return rows
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--hour-rounds", type=int, default=2)
     parser.add_argument("--skip-hour", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "results" / "decode.json"))
@@ -183,32 +193,39 @@ def main():
     hour = None if args.skip_hour else make_video(CACHE / "480p_60min.mp4", 854, 480, minutes=60, kbps=1200)
     print(f"videos ready in {time.perf_counter() - t0:.0f} s")
 
-    configs = {
-        "pyav (default: threads auto)": ma2mba_backend("pyav"),
-        "pyav, no threads": pyav_sequential("NONE"),
-        "pyav, seek to each sample": pyav_seek,
-        "pyav, max_side=448": ma2mba_backend("pyav", max_side=448),
-        "decord (child process)": ma2mba_backend("decord"),
-        "decord in-process": decord_in_process,
+    configs = {  # the seek variant is slow and clearly behind: one round
+        "pyav (ma2mba default)": (ma2mba_backend("pyav"), args.rounds),
+        "decord (ma2mba, child process)": (ma2mba_backend("decord"), args.rounds),
+        "pyav, decoding every frame": (pyav_variant("AUTO", jump_to_keyframes=False), args.rounds),
+        "pyav, no threads": (pyav_variant("NONE", jump_to_keyframes=True), args.rounds),
+        "pyav, max_side=448": (ma2mba_backend("pyav", max_side=448), args.rounds),
+        "decord, in-process": (decord_in_process, args.rounds),
+        "pyav, seek to each sample": (pyav_seek, 1),
     }
     print(f"10-minute 720p H.264, 1 FPS, {args.rounds} rounds:")
-    rows = compare(clip, configs, args.rounds, baseline="pyav (default: threads auto)")
+    rows = compare(clip, configs, args.rounds)
     result["clip_720p_10min"] = {"file_mb": clip.stat().st_size / 1e6, "seconds": 600, "configs": rows}
 
     if hour is not None:
         print(f"1-hour 480p H.264, 1 FPS, default backend, {args.hour_rounds} rounds:")
+        rss_before = psutil.Process().memory_info().rss
         runs = [measure(ma2mba_default, hour) for _ in range(args.hour_rounds)]
         wall = statistics.median(r["wall_s"] for r in runs)
         result["hour_480p"] = {"file_mb": hour.stat().st_size / 1e6, "seconds": 3600,
                                "wall_s": wall, "cpu_s": statistics.median(r["cpu_s"] for r in runs),
                                "times_real_time": 3600 / wall, "frames": runs[0]["frames"],
-                               "target_wall_s": 180, "meets_target": wall < 180, "runs": runs}
+                               "target_wall_s": 180, "meets_target": wall < 180, "runs": runs,
+                               "rss_growth_mb": (psutil.Process().memory_info().rss - rss_before) / 1e6}
     result["machine"]["load_avg_end"] = os.getloadavg()
+    result["decord_child_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
-    print("\n| configuration | wall s (median) | CPU s | wall / default | frames |\n|---|---|---|---|---|")
+    print("\n| 10 min 720p, 1 FPS | wall s | CPU s | wall ratio | CPU ratio | rounds | frames |\n"
+          "|---|---|---|---|---|---|---|")
     for name, row in rows.items():
-        print(f"| {name} | {row['wall_s']:.1f} | {row['cpu_s']:.1f} | "
-              f"{row['wall_ratio_to_pyav (default: threads auto)']:.2f} | {row['frames']} |")
+        print(f"| {name} | {row['wall_s']:.1f} | {row['cpu_s']:.1f} | {row['wall_ratio']:.2f} | "
+              f"{row['cpu_ratio']:.2f} | {row['rounds']} | {row['frames']} |")
+    print(f"(medians; ratios to '{next(iter(rows))}' in the same round; "
+          f"decord child peak RSS {result['decord_child_peak_rss_mb']:.0f} MB)")
     if hour is not None:
         h = result["hour_480p"]
         print(f"\n1-hour 480p at 1 FPS: {h['wall_s']:.1f} s wall ({h['times_real_time']:.0f}x real "

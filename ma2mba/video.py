@@ -15,7 +15,9 @@ longer than DECORD_FRAME_TIMEOUT_S or its memory passes DECORD_MAX_RSS_BYTES.
 Every problem a user can cause raises VideoError with a sentence saying what to do.
 """
 
+import bisect
 import logging
+import math
 import os
 import re
 import select
@@ -163,7 +165,7 @@ def _check_file(path, max_bytes):
 def _open(path):
     name = os.path.basename(path)
     try:
-        container = av.open(path, options=_OPEN_OPTIONS)
+        container = av.open(path, container_options=_OPEN_OPTIONS)
     except av.error.FFmpegError as error:
         if _looks_like_video(path):
             raise VideoError(f"'{name}' looks like a video but FFmpeg cannot open it "
@@ -229,19 +231,18 @@ def _upright(rgb, rotation):
 def _pick_by_time(timed, fps, max_seconds):
     """Yield (t, item) for t = k / fps, k = 0, 1, ...: the last item shown at or before t.
 
-    timed: (start, end, item) in presentation order, seconds from the first frame; an item is on
+    timed: (start, end, item) with increasing starts, seconds from the first frame; an item is on
     screen from its start to the next item's start (or its own end, for the last one). Before
     the first frame's start (t = 0 when the first frame is late) the first frame is used.
     """
-    k, shown, shown_start, end = 0, None, 0.0, 0.0
+    k, shown, end = 0, None, 0.0
     for start, stop, item in timed:
-        start = max(start, shown_start)  # a broken file's timestamps must not go backwards
         while shown is not None and k / fps < start - _TIME_EPS:
             if max_seconds is not None and k / fps >= max_seconds:
                 return
             yield k / fps, shown
             k += 1
-        shown, shown_start, end = item, start, max(end, stop)
+        shown, end = item, max(end, stop)
     while shown is not None and k / fps < end - _TIME_EPS:
         if max_seconds is not None and k / fps >= max_seconds:
             return
@@ -253,32 +254,61 @@ def _pick_by_time(timed, fps, max_seconds):
 
 
 def _pyav_frames(path, name, fps, max_seconds, max_side, info):
+    keyframes = _keyframes(path, name)
     with _open(path) as container:
         stream = _video_stream(container, name)
         stream.thread_type = "AUTO"  # frame + slice threads; see benchmarks/decode.py
-        timed = _pyav_timed(container, stream, name, info)
+        timed = _pyav_timed(container, stream, name, info, fps, keyframes)
         for t, frame in _pick_by_time(timed, fps, max_seconds):
             width, height = _output_size(frame.width, frame.height, max_side)
             rgb = frame.to_ndarray(format="rgb24", width=width, height=height)  # (H, W, 3)
             yield t, _upright(rgb, info.rotation)
 
 
-def _pyav_timed(container, stream, name, info):
-    """Every decoded frame as (start, end, frame), seconds from the stream's start."""
+def _keyframes(path, name):
+    """The keyframes' pts, sorted, read from the packets without decoding them (fast)."""
+    with _open(path) as container:
+        stream = _video_stream(container, name)
+        if stream.start_time is None:  # no timestamps to seek by
+            return []
+        try:
+            return sorted(p.pts for p in container.demux(stream) if p.is_keyframe and p.pts is not None)
+        except av.error.FFmpegError:
+            return []  # damaged: decode every frame and let decoding say where it breaks
+
+
+def _pyav_timed(container, stream, name, info, fps, keyframes):
+    """Decoded frames as (start, end, frame), seconds from the stream's start.
+
+    Frames no sample can show are not decoded: when a keyframe comes after this frame but at or
+    before the next sample time, decoding jumps to it. (The index in an MP4 gives decoding
+    times, not presentation times, hence `keyframes`, the keyframes' pts; empty: no jumps.)
+    """
     default_duration = 1 / info.fps if info.fps else 1 / 30
     origin = stream.start_time
-    start = 0.0
+    key_times = [float((pts - origin) * stream.time_base) for pts in keyframes]
+    jumped = -1  # index of the last keyframe jumped to: jumps only go forward
+    seen = None  # start of the last frame yielded
     try:
         for frame in container.decode(stream):
             if frame.pts is None:  # raw streams carry no timestamps: assume a constant rate
-                start += default_duration
+                start = 0.0 if seen is None else seen + default_duration
             else:
                 origin = frame.pts if origin is None else origin
                 start = float((frame.pts - origin) * frame.time_base)
+            if seen is not None and start <= seen + _TIME_EPS:
+                continue  # decoded before a jump took effect, or a broken timestamp
+            seen = start
             duration = float(frame.duration * frame.time_base) if frame.duration else default_duration
             yield start, start + duration, frame
+            next_sample = math.ceil((start - _TIME_EPS) * fps) / fps
+            key = bisect.bisect_right(key_times, next_sample + _TIME_EPS) - 1
+            if key > jumped and key_times[key] > start + _TIME_EPS:
+                container.seek(keyframes[key], stream=stream)  # to the keyframe at or before
+                jumped = key
     except av.error.FFmpegError as error:
-        raise _DecodeError(f"Decoding '{name}' failed after {start:.1f} s ({error.strerror}). "
+        last = 0.0 if seen is None else seen
+        raise _DecodeError(f"Decoding '{name}' failed after {last:.1f} s ({error.strerror}). "
                            "The file is probably truncated or corrupt; export or upload it "
                            "again.") from error
 
@@ -317,8 +347,8 @@ def _decord_command(path, fps, max_seconds, width, height):
 def _receive_frames(child, stderr, name, shape):
     header = _receive(child, bytearray(8), DECORD_OPEN_TIMEOUT_S, stderr, name)
     (count,) = struct.unpack("<q", header)
-    picks = np.empty(count, _PICK_DTYPE)
-    _receive(child, memoryview(picks).cast("B"), DECORD_OPEN_TIMEOUT_S, stderr, name)
+    picks = _receive(child, bytearray(count * _PICK_DTYPE.itemsize), DECORD_OPEN_TIMEOUT_S, stderr, name)
+    picks = np.frombuffer(picks, _PICK_DTYPE)  # (count,) of (t, frame index)
     frame, shown = None, -1
     for t, index in picks.tolist():
         if index == shown:  # the same frame again (a still, or fps above the video's)
@@ -373,7 +403,8 @@ def _decord_worker(path, fps, max_seconds, width, height):
     import decord
     from decord.video_reader import _CAPI_VideoReaderGetFramePTS
 
-    out = sys.stdout.buffer
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever decord or FFmpeg prints goes to stderr, not into the frames
     reader = decord.VideoReader(path, width=width, height=height)
     # len(reader) trusts the header's frame count, which can be wrong (dmlc/decord#373), and
     # asking for a frame that is not there never returns. These timestamps come from the

@@ -11,15 +11,14 @@ import pytest
 from ma2mba import video
 from ma2mba.video import VideoError, probe, sample_frames
 
-BITS = 8  # the index is drawn as 8 black/white blocks along the top half of the frame
+BITS = 10  # the index is drawn as 10 black/white blocks along the top half of the frame
 BOTH = pytest.mark.parametrize("backend", ["pyav", "decord"])
 
 
 def index_frame(i, width, height):
     rgb = np.full((height, width, 3), 128, np.uint8)
-    block = width // BITS
     for b in range(BITS):
-        rgb[: height // 2, b * block: (b + 1) * block] = 255 if i >> (BITS - 1 - b) & 1 else 0
+        rgb[: height // 2, b * width // BITS: (b + 1) * width // BITS] = 255 if i >> (BITS - 1 - b) & 1 else 0
     return rgb
 
 
@@ -66,25 +65,49 @@ CFR_30 = [i / 30 for i in range(136)]  # 4.53 s
 VFR = [0, 0.1, 0.15, 1.0, 1.033, 2.5, 2.6, 3.999, 4.0, 5.2, 5.25, 6.4]  # gaps, bursts, frames on the second
 
 
+SHORT_GOP = {"g": "7", "bf": "2"}  # keyframes often, B-frames: decoding jumps between keyframes
+
+
 @BOTH
-@pytest.mark.parametrize("name,codec,times", [
-    ("cfr.mp4", "libx264", CFR_30),
-    ("cfr.webm", "libvpx-vp9", [i / 10 for i in range(35)]),
-    ("cfr.mov", "libx264", [i / 25 for i in range(80)]),
-    ("vfr.mp4", "libx264", VFR),
-    ("vfr.webm", "libvpx-vp9", VFR),
-    ("one_frame.mp4", "libx264", [0.0]),
+@pytest.mark.parametrize("name,codec,times,options", [
+    ("cfr.mp4", "libx264", CFR_30, None),
+    ("cfr_short_gop.mp4", "libx264", CFR_30, SHORT_GOP),
+    ("cfr.webm", "libvpx-vp9", [i / 10 for i in range(35)], {"g": "4"}),
+    ("cfr.mov", "libx264", [i / 25 for i in range(80)], None),
+    ("vfr.mp4", "libx264", VFR, None),
+    ("vfr_short_gop.mp4", "libx264", VFR, {"g": "2", "bf": "2"}),
+    ("vfr.webm", "libvpx-vp9", VFR, {"g": "3"}),
+    ("one_frame.mp4", "libx264", [0.0], None),
 ])
-def test_frames_are_sampled_by_timestamp(tmp_path, backend, name, codec, times):
-    path = write_video(tmp_path / name, times, codec)
+def test_frames_are_sampled_by_timestamp(tmp_path, backend, name, codec, times, options):
+    path = write_video(tmp_path / name, times, codec, stream_options=options)
     assert decoded(path, backend=backend) == expected_samples(times, fps=1.0)
 
 
 @BOTH
-def test_other_sampling_rates(tmp_path, backend):
-    path = write_video(tmp_path / "vfr.mp4", VFR)
-    assert decoded(path, fps=2.5, backend=backend) == expected_samples(VFR, fps=2.5)
-    assert decoded(path, fps=0.3, backend=backend) == expected_samples(VFR, fps=0.3)
+@pytest.mark.parametrize("options", [None, SHORT_GOP])
+def test_other_sampling_rates(tmp_path, backend, options):
+    path = write_video(tmp_path / "cfr.mp4", CFR_30, stream_options=options)
+    for fps in (2.5, 0.3, 7):
+        assert decoded(path, fps=fps, backend=backend) == expected_samples(CFR_30, fps=fps)
+
+
+def test_pyav_does_not_decode_frames_no_sample_shows(tmp_path, monkeypatch):
+    times = [i / 30 for i in range(300)]  # 10 s with a keyframe every second
+    path = write_video(tmp_path / "gop.mp4", times, stream_options={"g": "30", "x264-params": "scenecut=0"})
+    starts = []
+
+    def counting(timed):
+        def wrapper(*args):
+            for item in timed(*args):
+                starts.append(item[0])
+                yield item
+        return wrapper
+
+    monkeypatch.setattr(video, "_pyav_timed", counting(video._pyav_timed))
+    assert decoded(path, backend="pyav") == expected_samples(times, fps=1.0)
+    # Per second: the keyframe and the frame after it; all of the last second (to find the end).
+    assert len(starts) < 300 / 4 and starts == sorted(starts)
 
 
 def test_probe_reports_the_header(tmp_path):
