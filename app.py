@@ -1,16 +1,564 @@
-"""ma2mba Gradio Space (placeholder until the video model and sessions land)."""
+"""ma2mba Space: watch a video at 1 FPS and chat about it, rewind, and see where training memory goes.
 
+    python app.py            # serves on 0.0.0.0:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)
+
+This file only wires widgets to the ma2mba API: decoding (ma2mba.video), streaming sessions
+(ma2mba.session), the example clips (ma2mba.examples) and the Memory lab (ma2mba.lab).
+Settings come from environment variables (see SETTINGS below and docs/app.md).
+"""
+
+from __future__ import annotations
+
+import html
+import json
 import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
+import pandas as pd
+import torch
 
-with gr.Blocks(title="Video-Ma²mba") as demo:
-    gr.Markdown(
-        "# Video-Ma²mba\n"
-        "Coming next: upload a video, watch it stream frame by frame into a Mamba-2 state at 1 FPS, "
-        "then chat about it — and a Memory lab comparing gradient-checkpointing modes."
+from ma2mba import lab
+from ma2mba.examples import EXAMPLES_DIR, find_example, ground_truth, load_examples
+from ma2mba.hub import PACKAGED_MODEL_DIR, ModelNotFoundError, find_weights
+from ma2mba.lm import count_parameters
+from ma2mba.model import load_model
+from ma2mba.session import RewindError
+from ma2mba.tokenizer import QuestionTooLongError
+from ma2mba.video import VideoError, probe, sample_frames
+
+
+def _env(name: str, default, kind=int):
+    return kind(os.environ.get(name, default))
+
+
+SETTINGS = dict(
+    host=_env("GRADIO_SERVER_NAME", "0.0.0.0", str),
+    port=_env("GRADIO_SERVER_PORT", 7860),
+    max_video_seconds=_env("MA2MBA_MAX_VIDEO_SECONDS", 3600),  # longer uploads are refused
+    max_upload_mb=_env("MA2MBA_MAX_UPLOAD_MB", 500),
+    upload_max_age_s=_env("MA2MBA_UPLOAD_MAX_AGE_S", 3 * 3600),  # uploads and idle sessions older go away
+    watch_concurrency=_env("MA2MBA_WATCH_CONCURRENCY", 2),  # videos ingested at once, all users together
+    chat_concurrency=_env("MA2MBA_CHAT_CONCURRENCY", 4),
+    queue_size=_env("MA2MBA_QUEUE_SIZE", 64),
+    # One intra-op thread per request: on a small shared CPU, OpenMP threads mostly wait on each
+    # other (measured: 17 ms/frame with 1 thread, 180 ms with 2 on a busy 2-core machine).
+    torch_threads=_env("MA2MBA_TORCH_THREADS", 1),
+)
+DECODE_MAX_SIDE = 320  # frames are decoded this small: the model letterboxes them to 128 px anyway
+UI_UPDATES_PER_SECOND = 8  # ingestion runs as fast as it can; the page is refreshed this often
+PACES = {"fastest": 0.0, "10× real time": 0.1, "real time": 1.0}  # wall seconds per video second
+MAX_QUESTION_CHARS = 500
+GENERIC_QUESTIONS = ["What shape appeared first?", "What was the last shape to appear?",
+                     "How many times did a red circle appear?", "Describe the recent events."]
+N_SUGGESTIONS = 4
+PAPER = lab.PRESETS["paper 2.7B"]
+LIMITS = lab.Limits.from_env()
+
+torch.set_num_threads(SETTINGS["torch_threads"])
+EXAMPLES = load_examples()
+
+
+# --- models: the packaged one for everyone, plus the last one somebody loaded ---
+
+
+class Models:
+    def __init__(self, keep: int = 1):
+        self.packaged = load_model()
+        self.loaded: OrderedDict = OrderedDict()
+        self.keep = keep
+        self.lock = threading.Lock()
+
+    def get(self, name: str | None):
+        if not name:
+            return self.packaged
+        with self.lock:
+            if name not in self.loaded:
+                raise ModelNotFoundError(f"The model {name!r} is no longer loaded; load it again in the Model tab.")
+            return self.loaded[name]
+
+    def load(self, name: str):
+        model = load_model(name)
+        with self.lock:
+            self.loaded[name] = model
+            while len(self.loaded) > self.keep:  # a 16 GB Space holds few models
+                self.loaded.popitem(last=False)
+        return model
+
+
+MODELS = Models()
+
+
+def packaged_is_trained() -> bool:
+    try:
+        find_weights(PACKAGED_MODEL_DIR)
+        return True
+    except ModelNotFoundError:
+        return False
+
+
+# --- formatting ---
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def fmt_clock(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def user_error(message) -> gr.Error:
+    """A readable error for the page (and for API clients); the message may contain a file name."""
+    return gr.Error(html.escape(str(message), quote=False), print_exception=False)
+
+
+# --- Watch & chat ---
+
+
+@dataclass
+class Viewer:
+    """One user's video: the streaming session and the chat about it (kept in a gr.State)."""
+
+    session: object
+    video_path: str
+    duration: float | None
+    example: dict | None
+    model_name: str | None
+    started: float = field(default_factory=time.perf_counter)  # when watching began, for the speed shown
+    history: list = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # ingest and ask take turns
+
+
+def frame_source(path):
+    """Re-decodes frames for rewinds past the session's cached frames."""
+    def frames(after, until):
+        for t, frame in sample_frames(path, fps=1.0, max_seconds=until + 1, max_side=DECODE_MAX_SIDE):
+            if after < t <= until:
+                yield t, frame
+    return frames
+
+
+def progress_html(viewer: Viewer, state: str) -> str:
+    s = viewer.session.stats()
+    watched = s["seconds_watched"] + 1 if s["frames"] else 0
+    total = viewer.duration
+    share = min(1.0, watched / total) if total else 0.0
+    wall = max(time.perf_counter() - viewer.started, 1e-6)
+    model_ms = s["ms_per_frame"] or 0.0
+    speed = (f"{s['frames'] / wall:.0f} frames/s watched · {model_ms:.0f} ms per frame in the model"
+             if s["frames"] else "starting…")
+    return (
+        f"<div id='watch-progress' data-frames='{s['frames']}' data-state='{state}'>"
+        f"<b>{html.escape(state)}</b> · <span class='clock'>{fmt_clock(s['seconds_watched'])}"
+        f"{' / ' + fmt_clock(total) if total else ''}</span>"
+        f"<progress value='{share:.3f}' max='1' style='width:100%'></progress>"
+        f"<span class='frames'>{s['frames']} frames</span> · {s['tokens']} tokens · {speed}</div>"
     )
 
+
+def memory_html(viewer: Viewer) -> str:
+    """The session's state, constant, next to the KV cache a transformer of the same size would hold."""
+    s = viewer.session.stats()
+    lm = viewer.session.model.config.lm
+    value_bytes = viewer.session.model.lm.lm_head.weight.element_size()
+    state, kv = s["state_bytes"], lab.kv_cache_bytes(lm, s["tokens"], value_bytes)
+    top = max(state, kv)
+    frames = s["frames"]
+    paper_tokens = frames * PAPER.tokens_per_frame
+    paper_state, paper_kv = lab.state_bytes(PAPER.lm, PAPER.dtype), lab.kv_cache_bytes(PAPER.lm, paper_tokens, 2)
+
+    def bar(label, n, color, note):
+        return (f"<div class='mem-row'><span class='mem-label'>{label}</span>"
+                f"<span class='mem-bar' style='width:{max(0.5, 100 * n / top):.1f}%;background:{color}'></span>"
+                f"<span class='mem-value'>{fmt_bytes(n)}</span> <small>{note}</small></div>")
+
+    return (
+        f"<div id='watch-memory' data-state-bytes='{state}' data-kv-bytes='{kv}'>"
+        + bar("Mamba-2 state", state, "#16a34a", "constant")
+        + bar("Transformer KV cache", kv, "#dc2626", f"2 × {lm.n_layer} layers × {lm.d_model} × {s['tokens']} tokens")
+        + f"<small>At the paper's scale (Mamba2-2.7B, {PAPER.tokens_per_frame} tokens per frame, bf16) these "
+        f"{frames} frames would be a {fmt_bytes(paper_state)} state, or a {fmt_bytes(paper_kv)} KV cache.</small></div>"
+    )
+
+
+def suggestion_updates(questions: list[str]):
+    shown = questions[:N_SUGGESTIONS]
+    return [gr.Button(value=q, visible=True) for q in shown] + \
+           [gr.Button(visible=False)] * (N_SUGGESTIONS - len(shown))
+
+
+def watch(video_path, pace, model_name):
+    """Decode at 1 FPS and stream every frame into a new session, refreshing the page as it goes."""
+    if not video_path:
+        yield None, None, "<div id='watch-progress'>Upload a video or pick an example.</div>", "", \
+            gr.Slider(maximum=1, value=1), [], *suggestion_updates([])
+        return
+    try:
+        info = probe(video_path, max_seconds=SETTINGS["max_video_seconds"], max_bytes=SETTINGS["max_upload_mb"] << 20)
+        model = MODELS.get(model_name)
+    except (VideoError, ModelNotFoundError) as e:
+        raise user_error(e) from None
+    example = find_example(video_path, EXAMPLES)
+    session = model.start_session(frame_source=frame_source(video_path))
+    viewer = Viewer(session, video_path, info.duration, example, model_name)
+    questions = [q["question"] for q in example["questions"]] if example else GENERIC_QUESTIONS
+    yield (viewer, None, progress_html(viewer, "Watching"), memory_html(viewer),
+           gr.Slider(maximum=1, value=1), [], *suggestion_updates(questions))
+
+    frames = sample_frames(video_path, fps=1.0, max_seconds=SETTINGS["max_video_seconds"],
+                           max_bytes=SETTINGS["max_upload_mb"] << 20, max_side=DECODE_MAX_SIDE)
+    last_update = 0.0
+    try:
+        for t, frame in frames:
+            with viewer.lock:
+                session.ingest(frame, t)
+            delay = PACES.get(pace, 0.0) * (t + 1) - (time.perf_counter() - viewer.started)
+            if delay > 0:
+                time.sleep(delay)
+            if time.perf_counter() - last_update >= 1 / UI_UPDATES_PER_SECOND:
+                last_update = time.perf_counter()
+                yield (gr.skip(), frame, progress_html(viewer, "Watching"), memory_html(viewer),
+                       gr.Slider(maximum=max(1, t), value=t), gr.skip(), *[gr.skip()] * N_SUGGESTIONS)
+    except VideoError as e:
+        raise user_error(f"Stopped after {session.frames} frames: {e}") from None
+    finally:
+        frames.close()
+    end = max(1, session.last_t)
+    yield (gr.skip(), gr.skip(), progress_html(viewer, "Done — ask away"), memory_html(viewer),
+           gr.Slider(maximum=end, value=end), gr.skip(), *[gr.skip()] * N_SUGGESTIONS)
+
+
+def stopped(viewer):
+    if viewer is None:
+        return gr.skip(), gr.skip()
+    end = max(1, viewer.session.last_t)
+    return (progress_html(viewer, f"Stopped at {fmt_clock(viewer.session.last_t)} — ask about what was seen"),
+            gr.Slider(maximum=end, value=end))
+
+
+def ask(question, viewer, as_of, follow_up, temperature, max_new_tokens):
+    """Stream the answer into the chat; the video state is never changed by asking."""
+    question = (question or "").strip()
+    if viewer is None or viewer.session.frames == 0:
+        raise user_error("Upload a video (or pick an example) and let it play for a moment first.")
+    if not question:
+        raise user_error("Type a question about the video.")
+    session = viewer.session
+    at = None if as_of is None or as_of >= session.last_t else float(as_of)
+    try:
+        with viewer.lock:
+            pieces = session.ask(question, at=at, follow_up=bool(follow_up), temperature=float(temperature),
+                                 max_new_tokens=int(max_new_tokens))
+    except (QuestionTooLongError, RewindError, VideoError) as e:
+        raise user_error(e) from None
+    asked = question + (f"  \n*(as of {fmt_clock(at)})*" if at is not None else "")
+    viewer.history += [{"role": "user", "content": asked}, {"role": "assistant", "content": ""}]
+    answer = viewer.history[-1]
+    yield viewer.history, ""
+    try:
+        for piece in pieces:
+            answer["content"] += piece
+            yield viewer.history, gr.skip()
+    except (RewindError, VideoError) as e:
+        raise user_error(e) from None
+    answer["content"] = answer["content"].strip() or "(no answer)"
+    if viewer.example:
+        truth = ground_truth(viewer.example, question, session.last_t if at is None else at)
+        if truth is not None:
+            ok = answer["content"].lower() == truth
+            viewer.history.append({"role": "assistant", "content": f"{'✅' if ok else '❌'} ShapeWorld's answer: **{truth}**"})
+    yield viewer.history, gr.skip()
+
+
+def clear_chat(viewer):
+    if viewer is not None:
+        viewer.history = []
+    return []
+
+
+# --- Memory lab ---
+
+MODE_CHOICES = [(lab.MODE_LABELS[m], m) for m in lab.MODES]
+TRAINABLE_PRESETS = [name for name, p in lab.PRESETS.items() if p.trainable]
+
+
+def summary_frame(summaries, preset) -> pd.DataFrame:
+    overhead = lab.recompute_overhead(summaries)
+    rows = []
+    for s in summaries:
+        grid = (f"l={s.layers_per_block}{' (all)' if s.layers_per_block >= preset.lm.n_layer else ''}, "
+                f"s={s.tokens_per_segment}{' (all)' if s.tokens_per_segment >= s.tokens else ''}")
+        rows.append({
+            "mode": lab.MODE_LABELS[s.mode],
+            "peak MiB (measured)": round(s.peak_bytes / 2**20, 1) if s.peak_bytes else None,
+            "peak MiB (planner)": round(s.predicted_bytes / 2**20, 1),
+            "s / step": round(s.seconds_per_step, 3) if s.seconds_per_step else None,
+            "recompute overhead": f"{overhead[s.mode]:+.0%}" if s.mode in overhead else "—",
+            "planner (l, s)": grid,
+            "note": s.skipped or f"{s.tokens} tokens",
+        })
+    return pd.DataFrame(rows)
+
+
+def lab_train(modes, clip_seconds, preset_name, steps):
+    """Train each mode in turn; stream timelines, losses and the summary."""
+    modes = [m for m in lab.MODES if m in (modes or [])]  # a stable order, whatever was clicked first
+    try:
+        runs = lab.train(preset_name, modes, int(clip_seconds), int(steps), limits=LIMITS)
+        preset = lab.PRESETS[preset_name]
+        timeline, losses, summaries = [], [], []
+        for event in runs:
+            label = lab.MODE_LABELS[event.mode]
+            if isinstance(event, lab.StepResult):
+                losses.append({"mode": label, "step": event.step + 1, "loss": event.loss})
+                if event.timeline:
+                    n = len(event.timeline)
+                    timeline += [{"mode": label, "step progress (%)": round(100 * i / max(1, n - 1), 2),
+                                  "live MiB": b / 2**20} for i, b in enumerate(event.timeline)]
+                status = f"Training **{label}**: step {event.step + 1}/{int(steps)}, loss {event.loss:.4f}"
+            else:
+                summaries.append(event)
+                status = f"**{label}** skipped: {event.skipped}" if event.skipped else f"**{label}** done"
+            yield (pd.DataFrame(timeline, columns=["mode", "step progress (%)", "live MiB"]),
+                   pd.DataFrame(losses, columns=["mode", "step", "loss"]), summary_frame(summaries, preset), status)
+    except lab.LabError as e:
+        raise user_error(e) from None
+    ran = [s for s in summaries if s.losses]
+    if len(ran) > 1:
+        gap = max(abs(a - b) for s in ran for a, b in zip(s.losses, ran[0].losses))
+        verdict = (f"Done. Losses agree across modes to {gap:.1e}: checkpointing recomputes exactly."
+                   if gap <= 1e-4 * max(ran[0].losses) else f"Done. Losses differ by up to {gap:.2e}.")
+    else:
+        verdict = "Done."
+    yield gr.skip(), gr.skip(), gr.skip(), verdict
+
+
+def lab_sweep(modes, preset_name):
+    modes = [m for m in lab.MODES if m in (modes or [])]
+    rows = []
+    try:
+        for p in lab.sweep(preset_name, modes, limits=LIMITS):
+            label = lab.MODE_LABELS[p.mode]
+            rows.append({"tokens": p.tokens, "MiB": p.predicted_bytes / 2**20, "series": f"{label} · predicted"})
+            if p.measured_bytes is not None:
+                rows.append({"tokens": p.tokens, "MiB": p.measured_bytes / 2**20, "series": f"{label} · measured"})
+            yield pd.DataFrame(rows), f"Measured {p.seconds} s clips ({p.tokens} tokens) with {label}"
+    except lab.LabError as e:
+        raise user_error(e) from None
+    yield gr.skip(), "Sweep done: one forward + backward per point, measured by ma2mba.memory; predicted by the planner."
+
+
+def lab_budget(budget_gib, preset_name):
+    try:
+        reach = lab.longest_clips(preset_name, float(budget_gib or 0) * 2**30)
+    except lab.LabError as e:
+        raise user_error(e) from None
+    return pd.DataFrame([{"mode": lab.MODE_LABELS[r.mode], "longest sequence (tokens)": r.tokens,
+                          "longest clip at 1 FPS": fmt_clock(r.seconds) if r.seconds else "—"} for r in reach])
+
+
+# --- Model tab ---
+
+
+def model_card(model_name) -> str:
+    model = MODELS.get(model_name) if model_name else MODELS.packaged
+    folder = Path(model_name) if model_name and Path(model_name).is_dir() else PACKAGED_MODEL_DIR
+    card = folder / "README.md"
+    cfg = model.config
+    facts = (f"| | |\n|---|---|\n| language model | Mamba-2, {cfg.lm.n_layer} layers × d_model {cfg.lm.d_model}, "
+             f"d_state {cfg.lm.ssm.d_state} |\n| frame encoder | {cfg.vision.kind}, {model.tokens_per_frame} tokens per frame "
+             f"(time marker + {model.tokens_per_frame - 1}) |\n| parameters | {count_parameters(model) / 1e6:.2f} M |\n"
+             f"| recurrent state | {fmt_bytes(lab.state_bytes(cfg.lm))}, whatever the video's length |\n")
+    if model_name:
+        head = f"### {model_name}\n\n"
+        body = card.read_text() if card.is_file() else "This model folder has no README.md model card."
+    elif packaged_is_trained():
+        head, body = "### The packaged model (ma2mba-shapes)\n\n", card.read_text() if card.is_file() else ""
+    else:
+        head = "### The packaged model (ma2mba-shapes): untrained preview\n\n"
+        body = ("The trained weights are not in `assets/ma2mba-shapes` yet, so this Space runs the packaged "
+                "architecture with **seeded random weights**: answers are gibberish until the trained model lands. "
+                "Everything else (decoding, streaming, rewind, the memory comparison and the Memory lab) is real.\n\n"
+                "It is trained with `python -m ma2mba train --recipe shapes` on ShapeWorld: procedural videos of "
+                "coloured shapes, with questions about counts, order, presence and timing.")
+    return head + facts + "\n" + body
+
+
+LIMITS_MD = """
+**Honest limits.** The packaged model is tiny and has only ever seen ShapeWorld: coloured circles,
+squares, triangles and stars on dark backgrounds. It answers ShapeWorld's questions (what appeared
+first or last, how many times, whether, when, what came right after) and nothing else; on real-world
+videos its answers are meaningless. For real videos, load a real Video-Ma²mba checkpoint (a CLIP
+vision tower and a Mamba-2 language model) below. The Space runs on a CPU: a 2.7B model would be
+slow here.
+"""
+
+
+def load_other(name):
+    name = (name or "").strip()
+    if not name:
+        return gr.skip(), "Type a Hugging Face repo id (owner/name) or the path of a model folder.", gr.skip()
+    try:
+        MODELS.load(name)
+    except ModelNotFoundError as e:
+        return gr.skip(), f"⚠️ {e}", gr.skip()
+    except (RuntimeError, ValueError, OSError, KeyError) as e:  # a folder that is not a Video-Ma²mba model
+        return gr.skip(), f"⚠️ {name!r} could not be loaded as a Video-Ma²mba model: {e}", gr.skip()
+    return name, f"Loaded **{name}**. Watch & chat now uses it for your next video (only for you).", model_card(name)
+
+
+def use_packaged():
+    return None, "Using the packaged model.", model_card(None)
+
+
+# --- layout ---
+
+CSS = """
+#watch-memory .mem-row {display:flex; align-items:center; gap:8px; margin:4px 0}
+#watch-memory .mem-label {width:170px; flex:none}
+#watch-memory .mem-bar {height:14px; border-radius:3px; flex:none; transition:width .2s}
+#watch-memory .mem-value {font-weight:600; white-space:nowrap}
+.suggestion button {font-size: 0.85em}
+"""
+
+INTRO = """
+# ma²mba · every frame in a Mamba-2 state
+Video-Ma²mba ([arXiv 2411.19460](https://arxiv.org/abs/2411.19460)) reads a video **one frame per second, every
+frame**, into the fixed-size recurrent state of a Mamba-2 language model. Memory does not grow with the video,
+so you can then ask any number of questions, or rewind and ask about an earlier moment.
+"""
+
+
+def build_demo() -> gr.Blocks:
+    with gr.Blocks(title="ma²mba", delete_cache=(600, SETTINGS["upload_max_age_s"])) as demo:
+        viewer = gr.State(None, time_to_live=SETTINGS["upload_max_age_s"])
+        model_name = gr.State(None)
+        gr.Markdown(INTRO)
+        with gr.Tab("Watch & chat"):
+            with gr.Row():
+                with gr.Column(scale=5):
+                    video = gr.Video(sources=["upload"], label="Video (mp4, webm, mov)", height=300)
+                    if EXAMPLES:
+                        gr.Examples([[e["path"]] for e in EXAMPLES], inputs=[video], cache_examples=False,
+                                    label="ShapeWorld examples (the packaged model's world)",
+                                    example_labels=[f"{e['file']} · {e['width']}×{e['height']}" for e in EXAMPLES])
+                    with gr.Row():
+                        pace = gr.Radio(list(PACES), value="fastest", label="Pace", scale=3)
+                        stop = gr.Button("⏹ Stop", variant="stop", scale=1, elem_id="stop-watch")
+                with gr.Column(scale=4):
+                    frame = gr.Image(label="Now watching", height=200, interactive=False, format="jpeg",
+                                     elem_id="now-watching")
+                    progress = gr.HTML("<div id='watch-progress'>Upload a video or pick an example.</div>")
+                    memory = gr.HTML("")
+            with gr.Row():
+                with gr.Column(scale=5):
+                    chatbot = gr.Chatbot(label="Chat", height=360, elem_id="chat", buttons=["copy"])
+                    with gr.Row():
+                        question = gr.Textbox(placeholder="Ask about the video…", show_label=False, scale=5,
+                                              max_length=MAX_QUESTION_CHARS, elem_id="question")
+                        send = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
+                with gr.Column(scale=3):
+                    gr.Markdown("**Suggested questions** (one click each)")
+                    suggestions = [gr.Button(visible=False, size="sm", elem_classes="suggestion")
+                                   for _ in range(N_SUGGESTIONS)]
+                    as_of = gr.Slider(0, 1, value=1, step=1, label="As of (seconds): drag back to rewind",
+                                      elem_id="as-of")
+                    follow_up = gr.Checkbox(False, label="Follow-up: continue the conversation")
+                    with gr.Accordion("Sampling", open=False):
+                        temperature = gr.Slider(0, 1.5, value=0, step=0.05, label="Temperature (0: greedy)")
+                        max_new_tokens = gr.Slider(4, 64, value=24, step=1, label="Max new tokens")
+                    clear = gr.Button("Clear chat", size="sm")
+
+            watch_event = video.change(
+                watch, [video, pace, model_name],
+                [viewer, frame, progress, memory, as_of, chatbot, *suggestions],
+                api_name="watch", concurrency_limit=SETTINGS["watch_concurrency"], concurrency_id="watch",
+                show_progress="hidden")
+            stop.click(stopped, [viewer], [progress, as_of], cancels=[watch_event], api_name="stop")
+            ask_inputs = [viewer, as_of, follow_up, temperature, max_new_tokens]
+            chat_args = dict(concurrency_limit=SETTINGS["chat_concurrency"], concurrency_id="chat",
+                             show_progress="hidden")
+            send.click(ask, [question, *ask_inputs], [chatbot, question], api_name="ask", **chat_args)
+            question.submit(ask, [question, *ask_inputs], [chatbot, question], api_visibility="private", **chat_args)
+            for button in suggestions:
+                button.click(ask, [button, *ask_inputs], [chatbot, question], api_visibility="private", **chat_args)
+            clear.click(clear_chat, [viewer], [chatbot], api_visibility="private")
+
+        with gr.Tab("Memory lab"):
+            gr.Markdown(
+                "Train the model for a few real steps on ShapeWorld clips under each gradient-checkpointing mode "
+                "and watch where the memory goes. **none** keeps every activation; **per-layer** keeps each layer's "
+                "input; **√L** every √L-th; **MA-GC** (the paper's multi-axis checkpointing) also cuts the sequence "
+                "into segments and keeps each layer's recurrent state between them. Same weights, same clips: "
+                "identical loss curves show that checkpointing changes memory, never the result.")
+            with gr.Row():
+                lab_modes = gr.CheckboxGroup(MODE_CHOICES, value=list(lab.MODES), label="Modes to compare")
+                lab_preset = gr.Radio(TRAINABLE_PRESETS, value="packaged", label="Model size")
+            with gr.Row():
+                lab_seconds = gr.Slider(8, LIMITS.max_clip_seconds, value=60, step=1, label="Clip length (seconds at 1 FPS)")
+                lab_steps = gr.Slider(1, LIMITS.max_steps, value=3, step=1, label="Training steps")
+            with gr.Row():
+                train_btn = gr.Button("Train", variant="primary", elem_id="lab-train")
+                sweep_btn = gr.Button("Sweep lengths", elem_id="lab-sweep")
+                cancel = gr.Button("Cancel", variant="stop", elem_id="lab-cancel")
+            lab_status = gr.Markdown(
+                f"Guardrails: clips up to {LIMITS.max_clip_seconds} s and {LIMITS.max_tokens} tokens, "
+                f"{LIMITS.max_steps} steps; a mode predicted to need more than "
+                f"{fmt_bytes(LIMITS.max_peak_bytes)} is skipped; one lab run at a time.", elem_id="lab-status")
+            with gr.Row():
+                timeline_plot = gr.LinePlot(x="step progress (%)", y="live MiB", color="mode", height=300,
+                                            label="Memory over one training step (forward, then backward)",
+                                            elem_id="lab-timeline")
+                loss_plot = gr.LinePlot(x="step", y="loss", color="mode", height=300, label="Loss per mode",
+                                        elem_id="lab-loss")
+            summary = gr.Dataframe(label="Summary", interactive=False, elem_id="lab-summary")
+            sweep_plot = gr.LinePlot(x="tokens", y="MiB", color="series", height=300,
+                                     label="Peak memory of a training step against sequence length", elem_id="lab-sweep-plot")
+            with gr.Row():
+                budget = gr.Number(16, label="Memory budget for activations (GiB)", minimum=0.001)
+                budget_preset = gr.Dropdown(list(lab.PRESETS), value="paper 2.7B", label="Model size")
+            reach = gr.Dataframe(label="Longest clip each mode can train within the budget (planner)",
+                                 interactive=False, elem_id="lab-reach")
+
+            lab_args = dict(concurrency_limit=1, concurrency_id="lab", show_progress="minimal", time_limit=600)
+            train_event = train_btn.click(lab_train, [lab_modes, lab_seconds, lab_preset, lab_steps],
+                                          [timeline_plot, loss_plot, summary, lab_status], api_name="lab_train", **lab_args)
+            sweep_event = sweep_btn.click(lab_sweep, [lab_modes, lab_preset], [sweep_plot, lab_status],
+                                          api_name="lab_sweep", **lab_args)
+            cancel.click(lambda: "Cancelled.", None, [lab_status], cancels=[train_event, sweep_event],
+                         api_visibility="private")
+            demo.load(lab_budget, [budget, budget_preset], [reach], api_name="lab_budget")
+            for trigger in (budget.submit, budget_preset.change):
+                trigger(lab_budget, [budget, budget_preset], [reach], api_visibility="private")
+
+        with gr.Tab("Model"):
+            card = gr.Markdown(model_card(None), elem_id="model-card")
+            gr.Markdown(LIMITS_MD)
+            with gr.Row():
+                other = gr.Textbox(label="Load another model: a Hub repo id (owner/name) or a local folder", scale=4)
+                load_btn = gr.Button("Load", scale=1)
+                reset_btn = gr.Button("Use the packaged model", scale=1)
+            load_status = gr.Markdown("")
+            load_btn.click(load_other, [other], [model_name, load_status, card], api_name="load_model",
+                           concurrency_limit=1)
+            reset_btn.click(use_packaged, None, [model_name, load_status, card], api_visibility="private")
+    return demo
+
+
+demo = build_demo()
+
 if __name__ == "__main__":
-    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
-                server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    demo.queue(max_size=SETTINGS["queue_size"], default_concurrency_limit=2).launch(
+        server_name=SETTINGS["host"], server_port=SETTINGS["port"], max_file_size=f"{SETTINGS['max_upload_mb']}mb",
+        allowed_paths=[str(EXAMPLES_DIR)], css=CSS, theme=gr.themes.Soft(), show_error=True)

@@ -1,0 +1,132 @@
+"""The demo's example videos: short ShapeWorld clips with questions whose answers are known.
+
+    python -m ma2mba.examples            # (re)writes assets/examples/*.mp4 and examples.json
+
+Every clip is generated from a seed, so its ground truth can be recomputed for any question at
+any moment (`ground_truth`), which lets the app tell a right answer from a wrong one, also when
+the user rewinds. The JSON lists, per clip, a few suggested questions (one per question kind)
+with their answers for the whole clip, and one rewind question whose answer is different at an
+earlier moment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import shapeworld
+from .hub import PACKAGE_ROOT
+
+EXAMPLES_DIR = PACKAGE_ROOT / "assets" / "examples"
+INDEX_FILE = "examples.json"
+MAX_FILE_BYTES = 2 * 2**20
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    name: str
+    seed: int
+    seconds: int
+    width: int
+    height: int
+    fps: int = 30
+
+
+# Seeds below 2^32 never occur in training (train.TRAIN_SEED_BASE). Landscape 16:9 and portrait 9:16.
+CLIPS = (
+    ClipSpec("shapes-30s.mp4", seed=101, seconds=30, width=640, height=360),
+    ClipSpec("shapes-60s.mp4", seed=102, seconds=60, width=640, height=360),
+    ClipSpec("shapes-2min.mp4", seed=103, seconds=120, width=640, height=360),
+    ClipSpec("shapes-portrait-45s.mp4", seed=104, seconds=45, width=360, height=640),
+)
+# One suggestion per kind, in this order (first_shape first: the app tests ask the first one).
+SUGGESTED_KINDS = ("first_shape", "count", "exists", "last")
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def suggested_questions(video: shapeworld.Video, seed: int) -> list[dict]:
+    qas = []
+    for kind in SUGGESTED_KINDS:
+        qas += video.questions(seed, n=1, kinds=[kind])
+    return [{"question": qa.question, "answer": qa.answer, "kind": qa.kind_of_question} for qa in qas]
+
+
+def rewind_question(video: shapeworld.Video) -> dict:
+    """A count question about the most frequent kind, asked at the middle of its appearances,
+    so that the answer as of then differs from the answer at the end."""
+    counts = video.counts()
+    kind = max(shapeworld.KINDS, key=lambda k: counts[k])
+    starts = [a.start for a in video.appearances if a.kind == kind]
+    as_of = starts[len(starts) // 2] - 1  # just before its middle appearance
+    question = f"How many times did {shapeworld.with_article(shapeworld.kind_name(kind))} appear?"
+    return {"question": question, "as_of": as_of, "answer": str(video.counts(as_of)[kind]),
+            "answer_at_end": str(counts[kind])}
+
+
+def write_examples(folder: Path = EXAMPLES_DIR) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for spec in CLIPS:
+        video = shapeworld.generate(spec.seed, spec.seconds)
+        path = shapeworld.write_mp4(video, folder / spec.name, fps=spec.fps, width=spec.width, height=spec.height)
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise RuntimeError(f"{path} is {size} bytes, above the {MAX_FILE_BYTES}-byte budget for examples")
+        entries.append({
+            "file": spec.name, "seed": spec.seed, "seconds": spec.seconds, "width": spec.width,
+            "height": spec.height, "fps": spec.fps, "bytes": size, "sha256": sha256(path),
+            "questions": suggested_questions(video, spec.seed), "rewind": rewind_question(video),
+        })
+    index = {"generator": "python -m ma2mba.examples", "examples": entries}
+    (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    return index
+
+
+def load_examples(folder: Path = EXAMPLES_DIR) -> list[dict]:
+    """The entries of examples.json, each with "path" added; [] if the examples are missing."""
+    index = folder / INDEX_FILE
+    if not index.is_file():
+        return []
+    entries = json.loads(index.read_text())["examples"]
+    return [{**e, "path": str(folder / e["file"])} for e in entries if (folder / e["file"]).is_file()]
+
+
+def find_example(path, examples: list[dict]) -> dict | None:
+    """The example whose file has the same bytes as `path` (uploads are renamed copies)."""
+    digest = sha256(path)
+    return next((e for e in examples if e["sha256"] == digest), None)
+
+
+def ground_truth(example: dict, question: str, as_of: float | None = None) -> str | None:
+    """ShapeWorld's answer to `question` about the example as of second `as_of` (None: the end);
+    None when the question is not one ShapeWorld asks."""
+    video = shapeworld.generate(example["seed"], example["seconds"])
+    wanted = " ".join(question.lower().split())
+    for qas in video.all_questions(as_of).values():
+        for qa in qas:
+            if qa.question.lower() == wanted:
+                return qa.answer
+    return None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=EXAMPLES_DIR)
+    args = parser.parse_args(argv)
+    for e in write_examples(args.out)["examples"]:
+        print(f"{e['file']}: {e['seconds']} s, {e['width']}x{e['height']}, {e['bytes'] / 2**20:.2f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
