@@ -179,9 +179,9 @@ def memory_html(viewer: Viewer) -> str:
     paper_state, paper_kv = lab.state_bytes(PAPER.lm, PAPER.dtype), lab.kv_cache_bytes(PAPER.lm, paper_tokens, 2)
 
     def bar(label, n, color, note):
-        return (f"<div class='mem-row'><span class='mem-label'>{label}</span>"
-                f"<span class='mem-bar' style='width:{max(0.5, 100 * n / top):.1f}%;background:{color}'></span>"
-                f"<span class='mem-value'>{fmt_bytes(n)}</span> <small>{note}</small></div>")
+        return (f"<div class='mem-row'><span class='mem-label'>{label}<br><small>{note}</small></span>"
+                f"<span class='mem-track'><span class='mem-bar' style='width:{max(0.5, 100 * n / top):.1f}%;"
+                f"background:{color}'></span></span><span class='mem-value'>{fmt_bytes(n)}</span></div>")
 
     return (
         f"<div id='watch-memory' data-state-bytes='{state}' data-kv-bytes='{kv}'>"
@@ -277,7 +277,7 @@ def ask(question, viewer, as_of, follow_up, temperature, max_new_tokens):
         truth = ground_truth(viewer.example, question, session.last_t if at is None else at)
         if truth is not None:
             ok = answer["content"].lower() == truth
-            viewer.history.append({"role": "assistant", "content": f"{'✅' if ok else '❌'} ShapeWorld's answer: **{truth}**"})
+            viewer.history.append({"role": "assistant", "content": f"{'✓' if ok else '✗'} ShapeWorld's answer: **{truth}**"})
     yield viewer.history, gr.skip()
 
 
@@ -290,7 +290,29 @@ def clear_chat(viewer):
 # --- Memory lab ---
 
 MODE_CHOICES = [(lab.MODE_LABELS[m], m) for m in lab.MODES]
+# Fixed colours: the plots' colour scales then know every mode before its first point arrives.
+MODE_COLORS = dict(zip(lab.MODE_LABELS.values(), ("#dc2626", "#f59e0b", "#2563eb", "#16a34a")))
+PREDICTED_COLORS = dict(zip(lab.MODE_LABELS.values(), ("#fca5a5", "#fcd34d", "#93c5fd", "#86efac")))
+SWEEP_COLORS = {**{f"{mode} · measured": c for mode, c in MODE_COLORS.items()},
+                **{f"{mode} · predicted": c for mode, c in PREDICTED_COLORS.items()}}
+
+
+def legend_html(colors: dict, note: str = "") -> str:
+    """The plots' legend, drawn here: gradio's LinePlot cuts its own legend off below the axis."""
+    items = "".join(f"<span style='margin-right:14px'><span style='color:{c}'>■</span> {html.escape(label)}</span>"
+                    for label, c in colors.items())
+    return f"<div class='legend'>{items}{note}</div>"
+
+
+def legend_only(x: str, y: str, color: str, labels) -> pd.DataFrame:
+    """A plot's first value, with no points but every series: gradio's LinePlot fixes its colour scale
+    from the first value it shows, so series that arrive later would otherwise be drawn without colour."""
+    return pd.DataFrame({x: [float("nan")] * len(labels), y: float("nan"), color: list(labels)})
 TRAINABLE_PRESETS = [name for name, p in lab.PRESETS.items() if p.trainable]
+
+
+SUMMARY_COLUMNS = ["mode", "peak MiB (measured)", "peak MiB (planner)", "s / step", "recompute overhead",
+                   "planner (l, s)", "note"]
 
 
 def summary_frame(summaries, preset) -> pd.DataFrame:
@@ -299,16 +321,16 @@ def summary_frame(summaries, preset) -> pd.DataFrame:
     for s in summaries:
         grid = (f"l={s.layers_per_block}{' (all)' if s.layers_per_block >= preset.lm.n_layer else ''}, "
                 f"s={s.tokens_per_segment}{' (all)' if s.tokens_per_segment >= s.tokens else ''}")
-        rows.append({
-            "mode": lab.MODE_LABELS[s.mode],
-            "peak MiB (measured)": round(s.peak_bytes / 2**20, 1) if s.peak_bytes else None,
-            "peak MiB (planner)": round(s.predicted_bytes / 2**20, 1),
-            "s / step": round(s.seconds_per_step, 3) if s.seconds_per_step else None,
-            "recompute overhead": f"{overhead[s.mode]:+.0%}" if s.mode in overhead else "—",
-            "planner (l, s)": grid,
-            "note": s.skipped or f"{s.tokens} tokens",
-        })
-    return pd.DataFrame(rows)
+        rows.append([
+            lab.MODE_LABELS[s.mode],
+            round(s.peak_bytes / 2**20, 1) if s.peak_bytes else None,
+            round(s.predicted_bytes / 2**20, 1),
+            round(s.seconds_per_step, 3) if s.seconds_per_step else None,
+            f"{overhead[s.mode]:+.0%}" if s.mode in overhead else "—",
+            grid,
+            s.skipped or f"{s.tokens} tokens",
+        ])
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
 def lab_train(modes, clip_seconds, preset_name, steps):
@@ -412,9 +434,9 @@ def load_other(name):
     try:
         MODELS.load(name)
     except ModelNotFoundError as e:
-        return gr.skip(), f"⚠️ {e}", gr.skip()
+        return gr.skip(), f"⚠ {e}", gr.skip()
     except (RuntimeError, ValueError, OSError, KeyError) as e:  # a folder that is not a Video-Ma²mba model
-        return gr.skip(), f"⚠️ {name!r} could not be loaded as a Video-Ma²mba model: {e}", gr.skip()
+        return gr.skip(), f"⚠ {name!r} could not be loaded as a Video-Ma²mba model: {e}", gr.skip()
     return name, f"Loaded **{name}**. Watch & chat now uses it for your next video (only for you).", model_card(name)
 
 
@@ -425,10 +447,11 @@ def use_packaged():
 # --- layout ---
 
 CSS = """
-#watch-memory .mem-row {display:flex; align-items:center; gap:8px; margin:4px 0}
-#watch-memory .mem-label {width:170px; flex:none}
-#watch-memory .mem-bar {height:14px; border-radius:3px; flex:none; transition:width .2s}
-#watch-memory .mem-value {font-weight:600; white-space:nowrap}
+#watch-memory .mem-row {display:flex; align-items:center; gap:10px; margin:6px 0}
+#watch-memory .mem-label {width:190px; flex:none; line-height:1.2}
+#watch-memory .mem-track {flex:1; height:14px; border-radius:3px; background:rgba(128,128,128,.15)}
+#watch-memory .mem-bar {display:block; height:100%; border-radius:3px; transition:width .2s}
+#watch-memory .mem-value {width:80px; flex:none; text-align:right; font-weight:600; white-space:nowrap}
 .suggestion button {font-size: 0.85em}
 """
 
@@ -438,6 +461,11 @@ Video-Ma²mba ([arXiv 2411.19460](https://arxiv.org/abs/2411.19460)) reads a vid
 frame**, into the fixed-size recurrent state of a Mamba-2 language model. Memory does not grow with the video,
 so you can then ask any number of questions, or rewind and ask about an earlier moment.
 """
+
+
+def line_plot(x: str, y: str, color: str, colors: dict, elem_id: str, label: str) -> gr.LinePlot:
+    return gr.LinePlot(legend_only(x, y, color, colors), x=x, y=y, color=color, color_map=colors,
+                       colors_in_legend=[], height=360, label=label, elem_id=elem_id)
 
 
 def build_demo() -> gr.Blocks:
@@ -455,7 +483,7 @@ def build_demo() -> gr.Blocks:
                                     example_labels=[f"{e['file']} · {e['width']}×{e['height']}" for e in EXAMPLES])
                     with gr.Row():
                         pace = gr.Radio(list(PACES), value="fastest", label="Pace", scale=3)
-                        stop = gr.Button("⏹ Stop", variant="stop", scale=1, elem_id="stop-watch")
+                        stop = gr.Button("■ Stop", variant="stop", scale=1, elem_id="stop-watch")
                 with gr.Column(scale=4):
                     frame = gr.Image(label="Now watching", height=200, interactive=False, format="jpeg",
                                      elem_id="now-watching")
@@ -516,15 +544,16 @@ def build_demo() -> gr.Blocks:
                 f"Guardrails: clips up to {LIMITS.max_clip_seconds} s and {LIMITS.max_tokens} tokens, "
                 f"{LIMITS.max_steps} steps; a mode predicted to need more than "
                 f"{fmt_bytes(LIMITS.max_peak_bytes)} is skipped; one lab run at a time.", elem_id="lab-status")
+            gr.HTML(legend_html(MODE_COLORS))
             with gr.Row():
-                timeline_plot = gr.LinePlot(x="step progress (%)", y="live MiB", color="mode", height=300,
-                                            label="Memory over one training step (forward, then backward)",
-                                            elem_id="lab-timeline")
-                loss_plot = gr.LinePlot(x="step", y="loss", color="mode", height=300, label="Loss per mode",
-                                        elem_id="lab-loss")
-            summary = gr.Dataframe(label="Summary", interactive=False, elem_id="lab-summary")
-            sweep_plot = gr.LinePlot(x="tokens", y="MiB", color="series", height=300,
-                                     label="Peak memory of a training step against sequence length", elem_id="lab-sweep-plot")
+                timeline_plot = line_plot("step progress (%)", "live MiB", "mode", MODE_COLORS, "lab-timeline",
+                                          "Memory over one training step (forward, then backward)")
+                loss_plot = line_plot("step", "loss", "mode", MODE_COLORS, "lab-loss",
+                                      "Loss per mode (the lines lie on top of each other when checkpointing is exact)")
+            summary = gr.Dataframe(summary_frame([], None), label="Summary", interactive=False, elem_id="lab-summary")
+            gr.HTML(legend_html(MODE_COLORS, " · dark: measured, light: predicted by the planner"))
+            sweep_plot = line_plot("tokens", "MiB", "series", SWEEP_COLORS, "lab-sweep-plot",
+                                   "Peak memory of a training step against sequence length")
             with gr.Row():
                 budget = gr.Number(16, label="Memory budget for activations (GiB)", minimum=0.001)
                 budget_preset = gr.Dropdown(list(lab.PRESETS), value="paper 2.7B", label="Model size")

@@ -101,7 +101,7 @@ def test_upload_streams_ingestion_and_answers_like_a_direct_session(url, referen
     suggested = EXAMPLES[name]["questions"][0]
     answer, messages = ask(client, suggested["question"], as_of=29)
     assert answer == reference(name, suggested["question"])
-    verdict = "✅" if answer == suggested["answer"] else "❌"
+    verdict = "✓" if answer == suggested["answer"] else "✗"
     assert messages[-1] == f"{verdict} ShapeWorld's answer: **{suggested['answer']}**"
 
 
@@ -201,7 +201,7 @@ def test_model_tab_loads_a_local_folder_and_explains_what_it_cannot_load(url, tm
 
     client = Client(url, verbose=False)
     status = client.predict("someone/no-such-model", api_name="/load_model")[0]
-    assert status.startswith("⚠️ Cannot reach the Hugging Face Hub")  # this server runs with HF_HUB_OFFLINE=1
+    assert status.startswith("⚠ Cannot reach the Hugging Face Hub")  # this server runs with HF_HUB_OFFLINE=1
     assert "is a folder but has no config.json" in client.predict(str(tmp_path), api_name="/load_model")[0]
     assert "No model folder at" in client.predict(str(tmp_path / "missing"), api_name="/load_model")[0]
 
