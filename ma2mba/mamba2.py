@@ -185,7 +185,7 @@ class Mamba2(nn.Module):
         xBC = F.silu(xBC)  # (b, l, conv_dim)
         x, B, C = torch.split(xBC, [c.d_ssm, c.ngroups * c.d_state, c.ngroups * c.d_state], dim=-1)
         y, ssm_state = ssd_scan(
-            x.unflatten(-1, (c.nheads, c.headdim)), dt, -torch.exp(self.A_log.float()),
+            x.unflatten(-1, (c.nheads, c.headdim)), dt, -torch.exp(self.A_log.to(state_dtype(self.A_log.dtype))),
             B.unflatten(-1, (c.ngroups, c.d_state)), C.unflatten(-1, (c.ngroups, c.d_state)),
             c.chunk_size, D=self.D.unflatten(-1, (c.nheads, c.headdim)) if c.D_has_hdim else self.D,
             z=None if c.rmsnorm else z.unflatten(-1, (c.nheads, c.headdim)),
@@ -202,7 +202,7 @@ class Mamba2(nn.Module):
         xBC = F.silu(xBC[:, 0])
         x, B, C = torch.split(xBC, [c.d_ssm, c.ngroups * c.d_state, c.ngroups * c.d_state], dim=-1)
         y, ssm_state = ssd_step(
-            ssm_state, x.unflatten(-1, (c.nheads, c.headdim)), dt, -torch.exp(self.A_log.float()),
+            ssm_state, x.unflatten(-1, (c.nheads, c.headdim)), dt, -torch.exp(self.A_log.to(state_dtype(self.A_log.dtype))),
             B.unflatten(-1, (c.ngroups, c.d_state)), C.unflatten(-1, (c.ngroups, c.d_state)),
             D=self.D.unflatten(-1, (c.nheads, c.headdim)) if c.D_has_hdim else self.D,
             z=None if c.rmsnorm else z.unflatten(-1, (c.nheads, c.headdim)),
@@ -212,12 +212,16 @@ class Mamba2(nn.Module):
 
 
 class GatedMLP(nn.Module):
-    """mamba_ssm's GatedMLP (used when d_intermediate > 0): fc2(y * silu(gate))."""
+    """mamba_ssm's GatedMLP (used when d_intermediate > 0): fc2(y * silu(gate)).
 
-    def __init__(self, d_model: int, d_intermediate: int):
+    Like mamba_ssm, the hidden width is d_intermediate rounded up to a multiple of 128.
+    """
+
+    def __init__(self, d_model: int, d_intermediate: int, multiple_of: int = 128):
         super().__init__()
-        self.fc1 = nn.Linear(d_model, 2 * d_intermediate, bias=False)
-        self.fc2 = nn.Linear(d_intermediate, d_model, bias=False)
+        hidden = -(-d_intermediate // multiple_of) * multiple_of
+        self.fc1 = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, d_model, bias=False)
 
     def forward(self, x):
         y, gate = self.fc1(x).chunk(2, dim=-1)
@@ -245,7 +249,7 @@ class Block(nn.Module):
     def _add_norm(self, norm, hidden, residual):
         residual = hidden if residual is None else hidden + residual
         hidden = norm(residual.to(norm.weight.dtype))
-        return hidden, residual.float() if self.residual_in_fp32 else residual
+        return hidden, residual.to(state_dtype(residual.dtype)) if self.residual_in_fp32 else residual  # fp32, or wider
 
     def _finish(self, hidden, residual):
         if self.mlp is not None:

@@ -302,7 +302,7 @@ def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=Tr
     """
     b, h, p = x.shape
     g, n = B.shape[-2:]
-    if cuda_kernels_available(x) and _cuda_state_update is not None:
+    if cuda_kernels_available(x) and _cuda_state_update is not None and tuple(dt_limit) == NO_DT_LIMIT:
         new_state = state.clone()
         A_hpn = A[:, None, None].expand(h, p, n).to(torch.float32)
         y = _cuda_state_update(
