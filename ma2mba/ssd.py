@@ -39,6 +39,11 @@ except Exception:  # ImportError, or a broken CUDA install
 
 NO_DT_LIMIT = (0.0, float("inf"))
 
+# On CPU, chunks longer than this only add work: the (T, T) products and decay matrices grow with
+# T while the state products do not, and batched (T, T) products are slow here. The result does
+# not depend on the chunk length (up to rounding).
+CPU_MAX_CHUNK = 64
+
 
 def cuda_kernels_available(t: torch.Tensor) -> bool:
     return t.is_cuda and _cuda_chunk_scan is not None
@@ -92,7 +97,7 @@ def ssd_scan(
         return y, final
 
     dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (b, l, h)
-    y, final = ChunkedScan.apply(x, dt, A, B, C, chunk_size, initial_state)
+    y, final = ChunkedScan.apply(x, dt, A, B, C, min(chunk_size, CPU_MAX_CHUNK), initial_state)
     if D is not None:
         y = y + x * (D[:, None] if D.dim() == 1 else D).to(x.dtype)
     if z is not None:
@@ -147,16 +152,15 @@ class _Chunks:
         A difference of two cumulative sums inside one chunk, in the state dtype (as mamba_ssm's
         kernels compute it); the chunk is short, so the sums stay small.
         """
-        cum = self.cum.transpose(2, 3)  # (b, c, h, T)
+        cum = self.cum.transpose(2, 3).contiguous()  # (b, c, h, T); contiguous so that L is too
         L = cum[..., :, None] - cum[..., None, :]
         upper = torch.ones(self.T, self.T, dtype=torch.bool, device=L.device).triu(1)
         return L.masked_fill_(upper, -torch.inf).exp_()
 
     def mix_heads(self, per_head, per_group):
-        """per_head (b, c, h, T, T) *= per_group (b, c, g, T, T), in place."""
+        """per_head (b, c, h, T, T) * per_group (b, c, g, T, T), each group's matrix applied to its heads."""
         b, c, h, T, _ = per_head.shape
-        per_head.view(b, c, self.g, h // self.g, T, T).mul_(per_group[:, :, :, None])
-        return per_head
+        return (per_head.view(b, c, self.g, h // self.g, T, T) * per_group[:, :, :, None]).view(b, c, h, T, T)
 
     def sum_heads(self, per_head):
         """(b, c, h, T, T) -> (b, c, g, T, T), summing the heads of each group."""
@@ -205,37 +209,38 @@ class ChunkedScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, chunk_size, initial_state):
-        ctx.chunk_size = chunk_size
-        ctx.save_for_backward(x, dt, A, B, C, initial_state)
         with torch.autocast(x.device.type, enabled=False):
             ch = _Chunks(x, dt, A, B, C, chunk_size)
-            entering, final = ch.entering_states(initial_state)
+            entering, final = ch.entering_states(initial_state)  # (b, c, h, p, n)
 
             # Inside each chunk: y_i = Σ_{j<=i} (C_i·B_j) exp(cum_i - cum_j) xdt_j, the quadratic form.
-            M = ch.mix_heads(ch.decay_matrix(), (ch.C @ ch.B.transpose(-1, -2)).to(ch.dt.dtype))  # (b, c, h, T, T)
+            CB = (ch.C @ ch.B.transpose(-1, -2)).to(ch.dt.dtype)  # (b, c, g, T, T)
+            L = ch.decay_matrix()  # (b, c, h, T, T)
+            M = ch.mix_heads(L, CB)
             y_intra = M.to(ch.mm) @ ch.heads_first(ch.xdt)  # (b, c, h, T, p)
+            del M
 
             # What the entering state contributes: exp(cum_i) · state @ C_i.
-            y = ch.ungrouped(ch.C @ ch.states_grouped(entering).transpose(-1, -2))  # (b, c, T, h, p)
-            y = y * torch.exp(ch.cum)[..., None].to(ch.mm)
-            y += ch.heads_first(y_intra)
+            y_off = ch.ungrouped(ch.C @ ch.states_grouped(entering).transpose(-1, -2))  # (b, c, T, h, p)
+            y_off *= torch.exp(ch.cum)[..., None].to(ch.mm)
+            y = y_off + ch.heads_first(y_intra)
+        # Backward needs these again. The model runs the scan under activation checkpointing, so
+        # they live only while one layer's backward runs; the inputs are all it keeps longer.
+        ctx.save_for_backward(x, dt, A, B, C, initial_state, entering, L, CB, y_off)
+        ctx.chunk_size = chunk_size
         return ch.unpad(y), final
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, initial_state = ctx.saved_tensors
+        x, dt, A, B, C, initial_state, entering, L, CB, y_off = ctx.saved_tensors
         with torch.autocast(x.device.type, enabled=False):
             ch = _Chunks(x, dt, A, B, C, ctx.chunk_size)
             sdt, mm = ch.dt.dtype, ch.mm
-            entering, _ = ch.entering_states(initial_state)
             dy = ch.pad_like_input(dy.to(mm))  # (b, c, T, h, p)
-            exp_cum = torch.exp(ch.cum)  # (b, c, T, h)
             dcum = torch.zeros_like(ch.cum)  # gradient w.r.t. cum, (b, c, T, h)
 
             # Intra-chunk form, with M = CB ∘ L (L the decay matrix).
             dy_h, xdt_h = ch.heads_first(dy), ch.heads_first(ch.xdt)  # (b, c, h, T, p)
-            CB = (ch.C @ ch.B.transpose(-1, -2)).to(sdt)  # (b, c, g, T, T)
-            L = ch.decay_matrix()
             dML = (dy_h @ xdt_h.transpose(-1, -2)).to(sdt).mul_(L)  # dM ∘ L, (b, c, h, T, T)
             dCB = ch.sum_heads(dML).to(mm)  # (b, c, g, T, T)
             dC = dCB @ ch.B
@@ -246,12 +251,10 @@ class ChunkedScan(torch.autograd.Function):
             dcum += (E.sum(-1) - E.sum(-2)).transpose(2, 3)
             del M, E, dML, L, CB, dCB
 
-            # The entering state's contribution y_i = exp(cum_i) state @ C_i.
-            dye = dy * exp_cum[..., None].to(mm)  # (b, c, T, h, p)
-            S = ch.states_grouped(entering)  # (b, c, g, k·p, n)
-            dC += ch.grouped(dye) @ S
-            y_state = ch.ungrouped(ch.C @ S.transpose(-1, -2))  # state @ C_i, before the decay
-            dcum += (dye.to(sdt) * y_state).sum(-1)
+            # The entering state's contribution y_off_i = exp(cum_i) state @ C_i.
+            dye = dy * torch.exp(ch.cum)[..., None].to(mm)  # (b, c, T, h, p)
+            dC += ch.grouped(dye) @ ch.states_grouped(entering)
+            dcum += (dy.to(sdt) * y_off.to(sdt)).sum(-1)
 
             # Gradients w.r.t. the states leaving each chunk, walking the chunks backwards.
             from_y = ch.grouped(dye).transpose(-1, -2) @ ch.C  # (b, c, g, k·p, n): Σ_i exp(cum_i) dy_i ⊗ C_i
