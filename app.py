@@ -540,10 +540,12 @@ def build_demo() -> gr.Blocks:
                 train_btn = gr.Button("Train", variant="primary", elem_id="lab-train")
                 sweep_btn = gr.Button("Sweep lengths", elem_id="lab-sweep")
                 cancel = gr.Button("Cancel", variant="stop", elem_id="lab-cancel")
+            caps = ", ".join(f"{lab.longest_trainable_clip(lab.PRESETS[name], LIMITS)} s ({name})"
+                             for name in TRAINABLE_PRESETS)
             lab_status = gr.Markdown(
-                f"Guardrails: clips up to {LIMITS.max_clip_seconds} s and {LIMITS.max_tokens} tokens, "
-                f"{LIMITS.max_steps} steps; a mode predicted to need more than "
-                f"{fmt_bytes(LIMITS.max_peak_bytes)} is skipped; one lab run at a time.", elem_id="lab-status")
+                f"Guardrails for a small CPU Space: clips up to {caps}, {LIMITS.max_steps} steps; a mode predicted "
+                f"to need more than {fmt_bytes(LIMITS.max_peak_bytes)} of activations is skipped; one lab run at a "
+                "time.", elem_id="lab-status")
             gr.HTML(legend_html(MODE_COLORS))
             with gr.Row():
                 timeline_plot = line_plot("step progress (%)", "live MiB", "mode", MODE_COLORS, "lab-timeline",

@@ -63,6 +63,7 @@ class Preset:
     tokens_per_side: int  # visual tokens per frame = tokens_per_side², plus one time marker
     dtype: torch.dtype = torch.float32
     trainable: bool = True  # False: only the planner runs (too large to train here)
+    max_tokens: int = 4096  # training cap: bigger models get shorter sequences, so a run stays minutes long
     description: str = ""
 
     @property
@@ -81,9 +82,9 @@ def _lm(d_model, n_layer, **ssm) -> Mamba2Config:
 
 PRESETS = {p.name: p for p in (
     Preset("packaged", packaged_config().lm, 1, description="the packaged model: 6 layers × 192, 2 tokens per frame"),
-    Preset("medium", _lm(256, 12, d_state=32, headdim=32, chunk_size=64), 2,
+    Preset("medium", _lm(256, 12, d_state=32, headdim=32, chunk_size=64), 2, max_tokens=2048,
            description="12 layers × 256, 5 tokens per frame"),
-    Preset("large", _lm(384, 24, d_state=64, headdim=48, chunk_size=64), 3,
+    Preset("large", _lm(384, 24, d_state=64, headdim=48, chunk_size=64), 3, max_tokens=1024,
            description="24 layers × 384, 10 tokens per frame"),
     # state-spaces/mamba2-2.7b with the paper's 144 CLIP tokens per frame, in bf16: the planner only.
     Preset("paper 2.7B", Mamba2Config(d_model=2560, n_layer=64, vocab_size=50277, pad_vocab_size_multiple=16), 12,
@@ -233,12 +234,20 @@ def _check(preset_name: str, modes, clip_seconds: int, steps: int, limits: Limit
         raise LabError(f"Clip length must be between 4 and {limits.max_clip_seconds} seconds on this machine.")
     if not 1 <= steps <= limits.max_steps:
         raise LabError(f"Steps must be between 1 and {limits.max_steps}.")
-    tokens = sequence_tokens(preset, clip_seconds)
-    if tokens > limits.max_tokens:
-        longest = (limits.max_tokens - _fixed_tokens()) // preset.tokens_per_frame
-        raise LabError(f"A {clip_seconds} s clip is about {tokens} tokens for the {preset.name} model, above the "
-                       f"{limits.max_tokens}-token cap of this machine: use at most {longest} s.")
+    tokens, cap = sequence_tokens(preset, clip_seconds), token_cap(preset, limits)
+    if tokens > cap:
+        raise LabError(f"A {clip_seconds} s clip is about {tokens} tokens for the {preset.name} model, above its "
+                       f"{cap}-token cap on this machine: use at most {longest_trainable_clip(preset, limits)} s.")
     return preset
+
+
+def token_cap(preset: Preset, limits: Limits) -> int:
+    return min(limits.max_tokens, preset.max_tokens)
+
+
+def longest_trainable_clip(preset: Preset, limits: Limits) -> int:
+    """Seconds of the longest clip the guardrails let this preset train."""
+    return min(limits.max_clip_seconds, (token_cap(preset, limits) - _fixed_tokens()) // preset.tokens_per_frame)
 
 
 def planned_grid(lm: Mamba2Config, tokens: int, mode: str, dtype=torch.float32) -> tuple[int, int]:
@@ -330,7 +339,7 @@ class SweepPoint:
 
 def sweep_lengths(preset: Preset, limits: Limits) -> list[int]:
     """Clip lengths that double from 8 s up to what the limits allow."""
-    longest = min(limits.max_clip_seconds, (limits.max_tokens - _fixed_tokens()) // preset.tokens_per_frame)
+    longest = longest_trainable_clip(preset, limits)
     lengths = [8 * 2**i for i in range(limits.max_sweep_points) if 8 * 2**i <= longest]
     return lengths or [min(8, longest)]
 

@@ -85,11 +85,13 @@ def test_guardrails_refuse_or_skip_with_a_reason():
         (dict(modes=["diagonal"]), "Choose one or more"),
         (dict(modes=[]), "Choose one or more"),
         (dict(preset_name="paper 2.7B"), "too large to train"),
-        (dict(preset_name="large", clip_seconds=60), "token cap"),
+        (dict(preset_name="large", clip_seconds=60), "token cap"),  # the 400-token cap of these limits
     ]:
         args = dict(preset_name="packaged", modes=["none"], clip_seconds=20, steps=1) | kwargs
         with pytest.raises(lab.LabError, match=message):
             next(lab.train(**args, limits=limits))
+    with pytest.raises(lab.LabError, match="above its 1024-token cap on this machine: use at most 96 s"):
+        next(lab.train("large", ["none"], 200, 1))  # default limits; bigger models get shorter clips
     # 150 s of the packaged model: "none" needs more than 16 MiB and is skipped; MA-GC runs
     limits = lab.Limits(max_peak_bytes=16 * 2**20)
     _, summaries = collect(list(lab.train("packaged", ["none", "multi_axis"], 150, 1, limits=limits)))
