@@ -119,7 +119,7 @@ class Mamba2(nn.Module):
         xBC = F.silu(xBC.transpose(1, 2))  # (b, l, conv_dim)
         x, B, C = torch.split(xBC, [c.d_ssm, c.ngroups * c.d_state, c.ngroups * c.d_state], dim=-1)
         y, ssm_state = ssd_scan(
-            x.unflatten(-1, (c.nheads, c.headdim)), dt, -torch.exp(self.A_log.float()),
+            x.unflatten(-1, (c.nheads, c.headdim)), dt, -torch.exp(self.A_log.to(state_dtype(self.A_log.dtype))),
             B.unflatten(-1, (c.ngroups, c.d_state)), C.unflatten(-1, (c.ngroups, c.d_state)),
             c.chunk_size, D=self.D.unflatten(-1, (c.nheads, c.headdim)) if c.D_has_hdim else self.D,
             z=None if c.rmsnorm else z.unflatten(-1, (c.nheads, c.headdim)),
@@ -136,7 +136,7 @@ class Mamba2(nn.Module):
         xBC = F.silu(xBC[:, :, 0])
         x, B, C = torch.split(xBC, [c.d_ssm, c.ngroups * c.d_state, c.ngroups * c.d_state], dim=-1)
         y, ssm_state = ssd_step(
-            ssm_state, x.unflatten(-1, (c.nheads, c.headdim)), dt, -torch.exp(self.A_log.float()),
+            ssm_state, x.unflatten(-1, (c.nheads, c.headdim)), dt, -torch.exp(self.A_log.to(state_dtype(self.A_log.dtype))),
             B.unflatten(-1, (c.ngroups, c.d_state)), C.unflatten(-1, (c.ngroups, c.d_state)),
             D=self.D.unflatten(-1, (c.nheads, c.headdim)) if c.D_has_hdim else self.D,
             z=None if c.rmsnorm else z.unflatten(-1, (c.nheads, c.headdim)),
