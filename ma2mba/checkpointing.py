@@ -16,30 +16,33 @@ Order of the walk. Forward creates the cells segment by segment, bottom block to
 autograd engine runs the ready node created last first, so backward takes the last segment from
 the top block down, then the segment before, and so on: one cell recomputed at a time.
 
-The cost model. The peak bytes of one training step (forward and backward, a loss on a few
-positions) at batch b, sequence S, L layers, blocks of l layers and segments of s tokens
-(nb = ⌈L/l⌉ blocks, ns = ⌈S/s⌉ segments) are
+The cost model. The peak bytes of one training step (forward and backward, gradient buffers
+already allocated, a loss on a few positions) at batch b, sequence S, L layers, blocks of l layers
+and segments of s tokens (nb = ⌈L/l⌉ blocks, ns = ⌈S/s⌉ segments) are the larger of
 
-    M(l, s) = b·[ (nb − 1)·S·C_L       hidden + residual entering every block but the first
-                + (ns + 2)·L·C_S       the states entering every segment, the final state, and the
-                                       state gradients on their way to the previous segment
-                + l·A(s) + W(s)        the one cell being recomputed: l layers' saved activations,
-                                       and one layer's backward working memory
-                + S·C_io ]             the step's own inputs and outputs: embeddings, final hidden,
-                                       the final hidden's gradient
-              + C_head                 a tied LM head's weight gradient, held until the embedding's
+    during backward, at the first cell:
+    M(l, s) = b·[ (nb − 1)·S·C_L             hidden + residual entering every block but the first
+                + (ns + 1 + [ns > 1])·L·C_S  the states entering every segment, the final state,
+                                             and the state gradients passed to the previous segment
+                + l·A(s) + W(s)              the one cell being recomputed: l layers' saved
+                                             activations, and one layer's backward working memory
+                + S·C_io ]                   the step's own tensors: embeddings, final hidden, its gradient
+              + C_head                       a tied LM head's weight gradient, held until the embedding's
+    when backward ends:
+      b·(L·C_S + 2·S·d_model·bytes) + C_end  the embedding's weight gradient is made, and summed
+                                             with the head's when they are tied
 
-This is the paper's M(l, s) = (L·S/l)·C_L + (L·S/s)·C_S + l·s·C_grid + s·C_state with exact counts
-and with the terms that every mode shares written out. A(s) ≈ s·C_grid and W(s) ≈ s·C_state are
-affine in the number of scan chunks in s. `none` is M(L, S) (nothing is recomputed, the whole
-model is "the cell"); `layer` is M(1, S); `sqrt` is M(round(√L), S).
+The first line is the paper's M(l, s) = (L·S/l)·C_L + (L·S/s)·C_S + l·s·C_grid + s·C_state with the
+counts made exact and the terms that every mode shares written out; A(s) ≈ s·C_grid and
+W(s) ≈ s·C_state, affine in the number of scan chunks in s. `layer` is M(1, S), `sqrt` is
+M(round(√L), S), and `none` keeps everything: L·A(S) + W(S), the states in and out, and S·C_io.
 
-The constants come from the config and the dtype: C_L = d_model·(bytes of the hidden + bytes of
-the residual), C_S = the bytes of one layer's (conv, ssm) state, C_io = 3·d_model·bytes,
-C_head = vocab·d_model·bytes when the head is tied. A(s) and W(s) are what OUR layer keeps and
-works with, so they are measured: one layer's forward and backward is traced on the `meta` device
-(shapes, no data; see memory.py) at one and two scan chunks, which takes milliseconds and follows
-any change to the layer's implementation.
+The constants come from the config and the dtype: C_L = d_model·(bytes of the hidden + bytes of the
+residual), C_S = the bytes of one layer's (conv, ssm) state, C_io = 3·d_model·bytes, C_head =
+vocab·d_model·bytes when the head is tied (else 0), C_end = 3·C_head tied, vocab·d_model·bytes
+untied. A(s) and W(s) are what OUR layer keeps and works with, so they are measured: one layer's
+forward and backward is traced on the `meta` device (shapes, no data; see memory.py) at one and
+two scan chunks. That takes milliseconds and follows any change to the layer's implementation.
 """
 
 from __future__ import annotations
@@ -336,10 +339,11 @@ class _CostModel:
 
     def peak(self, l, s, S, recompute=True):
         L, b = self.config.n_layer, self.batch
-        if recompute:  # nb - 1 block boundaries and ns + 2 sets of states stay alive
-            stored = (np.ceil(L / l) - 1) * S * self.C_L + (np.ceil(S / s) + 2) * L * self.C_S
-        else:  # plain autograd: the states in, out, and their gradient
-            stored = 3 * L * self.C_S
+        if recompute:  # nb - 1 block boundaries; states into every segment, out, and gradients between segments
+            ns = np.ceil(S / s)
+            stored = (np.ceil(L / l) - 1) * S * self.C_L + (ns + 1 + (ns > 1)) * L * self.C_S
+        else:  # plain autograd: the states in and out
+            stored = 2 * L * self.C_S
         A, W = self.layer_bytes(s)
         during = b * (stored + l * A + W + S * self.C_io) + self.C_head
         # When backward ends: the final states, the output, the embeddings' gradient, the head's.
