@@ -124,6 +124,8 @@ class Mamba2Config:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
+        if d["norm_epsilon"] == 1e-5:  # mamba_ssm's MambaConfig has no such field (it always uses 1e-5)
+            del d["norm_epsilon"]
         # JSON has no infinity: store dt_limit the way mamba_ssm users write it.
         if "dt_limit" in d["ssm_cfg"]:
             d["ssm_cfg"]["dt_limit"] = [v if math.isfinite(v) else 1e30 for v in d["ssm_cfg"]["dt_limit"]]

@@ -15,6 +15,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .config import Mamba2Config, SSMConfig
 from .ssd import ssd_scan, ssd_step, state_dtype
@@ -27,10 +28,29 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x):
-        dtype = x.dtype
-        x = x.to(state_dtype(dtype))
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (x * self.weight.to(x.dtype)).to(dtype)
+        return RMSNormFunction.apply(x, self.weight, self.eps)
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """x * rsqrt(mean(x²) + eps) * weight, computed in float32 or wider; keeps only x and
+    the per-position scale for backward (autograd would keep two more (…, d) tensors)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        xf = x.to(state_dtype(x.dtype))
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)  # (…, 1)
+        ctx.save_for_backward(x, weight, rstd)
+        return (xf * rstd * weight.to(xf.dtype)).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, rstd = ctx.saved_tensors
+        xhat = x.to(rstd.dtype) * rstd
+        dout = dout.to(rstd.dtype)
+        dweight = (dout * xhat).flatten(0, -2).sum(0).to(weight.dtype)
+        dxhat = dout * weight.to(rstd.dtype)
+        dx = rstd * (dxhat - xhat * (dxhat * xhat).mean(-1, keepdim=True))
+        return dx.to(x.dtype), dweight, None
 
 
 class GatedRMSNorm(nn.Module):
@@ -51,15 +71,48 @@ class GatedRMSNorm(nn.Module):
 
 
 def causal_conv1d(x, weight, bias, conv_state):
-    """Depthwise causal conv continuing from `conv_state`.
+    """Depthwise causal conv continuing from `conv_state`, position-major.
 
-    x (b, dim, l), weight (dim, 1, w), conv_state (b, dim, w - 1).
-    Returns y (b, dim, l) and the new conv_state (the last w - 1 inputs, state included).
+    x (b, l, dim), weight (dim, 1, w), bias (dim,) or None, conv_state (b, dim, w - 1) as mamba_ssm stores it.
+    Returns y (b, l, dim) and the new conv_state (the last w - 1 inputs, state included).
     """
     w = weight.shape[-1]
-    xs = torch.cat([conv_state.to(x.dtype), x], dim=-1)  # (b, dim, w - 1 + l)
-    y = F.conv1d(xs, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), groups=x.shape[1])
-    return y, xs[..., xs.shape[-1] - (w - 1):]
+    xs = torch.cat([conv_state.transpose(1, 2).to(x.dtype), x], dim=1)  # (b, w - 1 + l, dim)
+    new_state = xs[:, xs.shape[1] - (w - 1):].transpose(1, 2).contiguous()  # a copy: xs is not kept alive
+    return CausalConv1dFunction.apply(xs, weight[:, 0].t(), bias), new_state
+
+
+class CausalConv1dFunction(torch.autograd.Function):
+    """y_t = bias + Σ_k xs_{t+k} · weight_k over w taps: w multiply-adds over (b, l, dim), in float32
+    or wider. (torch's grouped conv1d backward is ~50x slower than this on CPU for these shapes.)"""
+
+    @staticmethod
+    def forward(ctx, xs, taps, bias):
+        """xs (b, w - 1 + l, dim), taps (w, dim), bias (dim,) or None -> y (b, l, dim) in xs's dtype."""
+        ctx.save_for_backward(xs, taps)
+        ctx.has_bias = bias is not None
+        w = taps.shape[0]
+        l = xs.shape[1] - (w - 1)
+        acc = state_dtype(xs.dtype)
+        y = xs.new_zeros(xs.shape[0], l, xs.shape[2], dtype=acc) if bias is None else bias.to(acc).expand(xs.shape[0], l, -1).clone()
+        for k in range(w):
+            y.addcmul_(xs[:, k : k + l], taps[k].to(acc))
+        return y.to(xs.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        xs, taps = ctx.saved_tensors
+        w = taps.shape[0]
+        l = dy.shape[1]
+        acc = state_dtype(xs.dtype)
+        dy = dy.to(acc)
+        dxs = torch.zeros(xs.shape, dtype=acc, device=xs.device)
+        dtaps = torch.empty(taps.shape, dtype=acc, device=taps.device)
+        for k in range(w):
+            dxs[:, k : k + l].addcmul_(dy, taps[k].to(acc))
+            dtaps[k] = (dy * xs[:, k : k + l]).sum((0, 1))
+        dbias = dy.sum((0, 1)).to(taps.dtype) if ctx.has_bias else None
+        return dxs.to(xs.dtype), dtaps.to(taps.dtype), dbias
 
 
 class Mamba2(nn.Module):
@@ -102,21 +155,34 @@ class Mamba2(nn.Module):
         d_mlp = (zxbcdt.shape[-1] - 2 * c.d_ssm - 2 * c.ngroups * c.d_state - c.nheads) // 2
         return torch.split(zxbcdt, [d_mlp, d_mlp, c.d_ssm, c.conv_dim, c.nheads], dim=-1)
 
-    def _output(self, y, z, z0, x0):
+    def _gate(self, y, z, z0, x0):
+        """The scan's output (b, …, d_ssm) -> out_proj's input (b, …, d_inner)."""
         if self.cfg.rmsnorm:
             y = self.norm(y, z)
         if z0.shape[-1] > 0:  # d_ssm < d_inner: the rest of d_inner is a gated MLP branch
             y = torch.cat([F.silu(z0) * x0, y], dim=-1)
-        return self.out_proj(y)
+        return y
 
     def forward(self, u, state=None):
         """u (b, l, d_model) -> out (b, l, d_model), new (conv_state, ssm_state)."""
-        c = self.cfg
         b, l, _ = u.shape
         conv_state, ssm_state = state if state is not None else self.empty_state(b, u.dtype, u.device)
-        z0, x0, z, xBC, dt = self._split(self.in_proj(u))
-        xBC, conv_state = causal_conv1d(xBC.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, conv_state)
-        xBC = F.silu(xBC.transpose(1, 2))  # (b, l, conv_dim)
+        zxbcdt = self.in_proj(u)  # (b, l, d_in_proj)
+        if torch.is_grad_enabled():
+            # Keep only zxbcdt for backward and recompute the conv, the scan and the norm there
+            # (as mamba_ssm's fused kernel does): a few element-wise passes buy memory per token
+            # of in_proj's output plus out_proj's input, instead of ~10 tensors of width d_inner.
+            y, conv_state, ssm_state = checkpoint(self._mix, zxbcdt, conv_state, ssm_state, use_reentrant=False)
+        else:
+            y, conv_state, ssm_state = self._mix(zxbcdt, conv_state, ssm_state)
+        return self.out_proj(y), (conv_state, ssm_state)
+
+    def _mix(self, zxbcdt, conv_state, ssm_state):
+        """zxbcdt (b, l, d_in_proj) -> out_proj's input (b, l, d_inner), new conv and ssm states."""
+        c = self.cfg
+        z0, x0, z, xBC, dt = self._split(zxbcdt)
+        xBC, conv_state = causal_conv1d(xBC, self.conv1d.weight, self.conv1d.bias, conv_state)
+        xBC = F.silu(xBC)  # (b, l, conv_dim)
         x, B, C = torch.split(xBC, [c.d_ssm, c.ngroups * c.d_state, c.ngroups * c.d_state], dim=-1)
         y, ssm_state = ssd_scan(
             x.unflatten(-1, (c.nheads, c.headdim)), dt, -torch.exp(self.A_log.to(state_dtype(self.A_log.dtype))),
@@ -125,15 +191,15 @@ class Mamba2(nn.Module):
             z=None if c.rmsnorm else z.unflatten(-1, (c.nheads, c.headdim)),
             dt_bias=self.dt_bias, dt_softplus=True, dt_limit=c.dt_limit, initial_state=ssm_state,
         )
-        return self._output(y.flatten(-2), z, z0, x0), (conv_state, ssm_state)
+        return self._gate(y.flatten(-2), z, z0, x0), conv_state, ssm_state
 
     def step(self, u, state):
         """u (b, d_model), one position -> out (b, d_model), new state."""
         c = self.cfg
         conv_state, ssm_state = state
         z0, x0, z, xBC, dt = self._split(self.in_proj(u))
-        xBC, conv_state = causal_conv1d(xBC[:, :, None], self.conv1d.weight, self.conv1d.bias, conv_state)
-        xBC = F.silu(xBC[:, :, 0])
+        xBC, conv_state = causal_conv1d(xBC[:, None], self.conv1d.weight, self.conv1d.bias, conv_state)
+        xBC = F.silu(xBC[:, 0])
         x, B, C = torch.split(xBC, [c.d_ssm, c.ngroups * c.d_state, c.ngroups * c.d_state], dim=-1)
         y, ssm_state = ssd_step(
             ssm_state, x.unflatten(-1, (c.nheads, c.headdim)), dt, -torch.exp(self.A_log.to(state_dtype(self.A_log.dtype))),
@@ -142,16 +208,20 @@ class Mamba2(nn.Module):
             z=None if c.rmsnorm else z.unflatten(-1, (c.nheads, c.headdim)),
             dt_bias=self.dt_bias, dt_softplus=True, dt_limit=c.dt_limit,
         )
-        return self._output(y.flatten(-2), z, z0, x0), (conv_state, ssm_state)
+        return self.out_proj(self._gate(y.flatten(-2), z, z0, x0)), (conv_state, ssm_state)
 
 
 class GatedMLP(nn.Module):
-    """mamba_ssm's GatedMLP (used when d_intermediate > 0): fc2(y * silu(gate))."""
+    """mamba_ssm's GatedMLP (used when d_intermediate > 0): fc2(y * silu(gate)).
 
-    def __init__(self, d_model: int, d_intermediate: int):
+    Like mamba_ssm, the hidden width is d_intermediate rounded up to a multiple of 128.
+    """
+
+    def __init__(self, d_model: int, d_intermediate: int, multiple_of: int = 128):
         super().__init__()
-        self.fc1 = nn.Linear(d_model, 2 * d_intermediate, bias=False)
-        self.fc2 = nn.Linear(d_intermediate, d_model, bias=False)
+        hidden = -(-d_intermediate // multiple_of) * multiple_of
+        self.fc1 = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, d_model, bias=False)
 
     def forward(self, x):
         y, gate = self.fc1(x).chunk(2, dim=-1)
@@ -179,7 +249,7 @@ class Block(nn.Module):
     def _add_norm(self, norm, hidden, residual):
         residual = hidden if residual is None else hidden + residual
         hidden = norm(residual.to(norm.weight.dtype))
-        return hidden, residual.float() if self.residual_in_fp32 else residual
+        return hidden, residual.to(state_dtype(residual.dtype)) if self.residual_in_fp32 else residual  # fp32, or wider
 
     def _finish(self, hidden, residual):
         if self.mlp is not None:

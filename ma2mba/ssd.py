@@ -9,19 +9,23 @@ with dt_t = softplus(dt_raw_t + dt_bias_h), clamped to dt_limit.
 outputs is a masked (T, T) matrix (the "quadratic", attention-like form); between chunks only
 the (P, N) state per head is passed on. `ssd_step` is one step of the recurrence for decoding.
 
-Shapes: b batch, l length, h heads, p head dim, g groups (B and C are shared by the h/g heads
-of a group), n state size, c chunks, T chunk length.
+Shapes: b batch, l length, h heads, p head dim, g groups (B and C are shared by the k = h/g
+heads of a group), n state size, c chunks, T chunk length.
 
 Precision follows mamba_ssm: dt, the cumulative decays, the exponentials and the carried state
 are float32 (float64 if the inputs are float64); the matrix products run in the input dtype,
 so bf16 autocast speeds them up without touching the state.
+
+Memory: the chunked scan is an autograd Function that keeps only its inputs (x, dt, A, B, C,
+initial_state) for backward and recomputes the per-chunk decays and states there, so training
+memory per token is that of the inputs, not of the (T, T) chunk matrices.
 
 On CUDA, when mamba_ssm is importable, both functions hand the same call to its Triton kernels.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +38,11 @@ except Exception:  # ImportError, or a broken CUDA install
     _cuda_state_update = None
 
 NO_DT_LIMIT = (0.0, float("inf"))
+
+# On CPU, chunks longer than this only add work: the (T, T) products and decay matrices grow with
+# T while the state products do not, and batched (T, T) products are slow here. The result does
+# not depend on the chunk length (up to rounding).
+CPU_MAX_CHUNK = 64
 
 
 def cuda_kernels_available(t: torch.Tensor) -> bool:
@@ -57,18 +66,16 @@ def discretize_dt(dt, dt_bias=None, dt_softplus=True, dt_limit=NO_DT_LIMIT):
     return dt
 
 
-def segsum(x: torch.Tensor) -> torch.Tensor:
-    """x (…, T) -> (…, T, T) with out[i, j] = x[j+1] + … + x[i] for i >= j, -inf above the diagonal.
-
-    Summing the masked increments directly (rather than subtracting two cumulative sums)
-    keeps the result exact to rounding however large the cumulative sums grow.
-    """
-    T = x.size(-1)
-    strictly_lower = torch.ones(T, T, dtype=torch.bool, device=x.device).tril(-1)
-    x = x[..., None].expand(*x.shape, T).masked_fill(~strictly_lower, 0)  # (…, T_i, T_j) = x[i]
-    out = x.cumsum(dim=-2)
-    lower = torch.ones(T, T, dtype=torch.bool, device=x.device).tril(0)
-    return out.masked_fill(~lower, -math.inf)
+@contextlib.contextmanager
+def one_thread():
+    """For loops of small sequential updates: splitting each across threads costs more than it
+    saves, and on a busy machine every split waits for a descheduled thread (~40x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def ssd_scan(
@@ -89,60 +96,205 @@ def ssd_scan(
         )
         return y, final
 
-    b, l, h, p = x.shape
-    g, n = B.shape[-2:]
-    sdt = state_dtype(x.dtype)
     dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (b, l, h)
-
-    # A short call (one frame while streaming) is one chunk of its own length, not a padded one.
-    T = min(chunk_size, l)
-    pad = (-l) % T
-    if pad:  # dt = 0 on padding: no decay and no input, so the final state is unchanged
-        x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
-        dt = F.pad(dt, (0, 0, 0, pad))
-    c = (l + pad) // T
-
-    xdt = (x * dt[..., None]).to(x.dtype)  # (b, L, h, p)
-    xdt = xdt.view(b, c, T, h, p).permute(0, 1, 3, 2, 4)  # (b, c, h, T, p)
-    Bc = B.view(b, c, T, g, n).permute(0, 1, 3, 2, 4)  # (b, c, g, T, n)
-    Cc = C.view(b, c, T, g, n).permute(0, 1, 3, 2, 4)  # (b, c, g, T, n)
-    dA = (dt * A.to(sdt)).view(b, c, T, h).transpose(2, 3)  # (b, c, h, T), <= 0
-    dA_cum = dA.cumsum(-1)  # (b, c, h, T)
-
-    # 1. Inside each chunk: y = (C Bᵀ ∘ decay) x, the quadratic form.
-    CB = Cc @ Bc.transpose(-1, -2)  # (b, c, g, T, T)
-    decay = torch.exp(segsum(dA))  # (b, c, h, T, T)
-    M = (CB.to(sdt)[:, :, :, None] * decay.view(b, c, g, h // g, T, T)).view(b, c, h, T, T)
-    y = M.to(x.dtype) @ xdt  # (b, c, h, T, p)
-
-    # 2. The state each chunk adds on its own: Σ_s decay_to_end(s) · x_s ⊗ B_s.
-    decay_to_end = torch.exp(dA_cum[..., -1:] - dA_cum)  # (b, c, h, T)
-    xw = (xdt * decay_to_end[..., None].to(x.dtype)).view(b, c, g, h // g, T, p)
-    xw = xw.permute(0, 1, 2, 3, 5, 4).reshape(b, c, g, (h // g) * p, T)
-    chunk_states = (xw @ Bc).view(b, c, h, p, n).to(sdt)  # (b, c, h, p, n)
-
-    # 3. Pass the state from chunk to chunk; a loop over chunks keeps memory O(c), not O(c²).
-    state = initial_state.to(sdt) if initial_state is not None else x.new_zeros(b, h, p, n, dtype=sdt)
-    chunk_decay = torch.exp(dA_cum[..., -1])  # (b, c, h)
-    entering = []
-    for k in range(c):
-        entering.append(state)
-        state = state * chunk_decay[:, k, :, None, None] + chunk_states[:, k]
-    entering = torch.stack(entering, dim=1)  # (b, c, h, p, n): the state before each chunk
-
-    # 4. What the entering state contributes inside each chunk: decay_from_start(t) · C_t · state.
-    S = entering.view(b, c, g, (h // g) * p, n).to(x.dtype)
-    y_state = (Cc @ S.transpose(-1, -2)).view(b, c, g, T, h // g, p)  # (b, c, g, T, h/g, p)
-    y_state = y_state.permute(0, 1, 2, 4, 3, 5).reshape(b, c, h, T, p)
-    y = y + y_state * torch.exp(dA_cum)[..., None].to(x.dtype)
-
-    y = y.permute(0, 1, 3, 2, 4).reshape(b, c * T, h, p)[:, :l]
-    x = x[:, :l]
+    y, final = ChunkedScan.apply(x, dt, A, B, C, min(chunk_size, CPU_MAX_CHUNK), initial_state)
     if D is not None:
         y = y + x * (D[:, None] if D.dim() == 1 else D).to(x.dtype)
     if z is not None:
         y = y * F.silu(z)
-    return y, state
+    return y, final
+
+
+class _Chunks:
+    """The scan's inputs cut into chunks, and what both passes derive from them.
+
+    Tensors are position-major, (b, c, T, h, …), like the inputs; `grouped` gives the
+    (b, c, g, T, k·p) view in which one matrix product serves all heads of a group.
+    """
+
+    def __init__(self, x, dt, A, B, C, chunk_size):
+        b, l, h, p = x.shape
+        g, n = B.shape[-2:]
+        self.l, self.h, self.p, self.g, self.n = l, h, p, g, n
+        self.mm = x.dtype  # the dtype of the matrix products
+        self.T = T = min(chunk_size, l)  # a short call is one chunk of its own length, not a padded one
+        pad = (-l) % T
+        if pad:  # dt = 0 on padding: no decay and no input, so the final state is unchanged
+            x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
+            dt = F.pad(dt, (0, 0, 0, pad))
+        self.c = c = (l + pad) // T
+        self.x = x.view(b, c, T, h, p)
+        self.dt = dt.view(b, c, T, h)  # state dtype
+        self.B = B.view(b, c, T, g, n).transpose(2, 3)  # (b, c, g, T, n)
+        self.C = C.view(b, c, T, g, n).transpose(2, 3)
+        self.xdt = (self.x * self.dt[..., None]).to(self.mm)  # (b, c, T, h, p)
+        self.cum = (self.dt * A.to(self.dt.dtype)).cumsum(2)  # (b, c, T, h): log-decay from the chunk start
+        self.to_end = torch.exp(self.cum[:, :, -1:] - self.cum)  # (b, c, T, h): decay to the chunk end
+        self.chunk_decay = torch.exp(self.cum[:, :, -1])  # (b, c, h)
+
+    def grouped(self, t):
+        """(b, c, T, h, p) -> (b, c, g, T, k·p)."""
+        b, c, T = t.shape[:3]
+        return t.reshape(b, c, T, self.g, -1).transpose(2, 3)
+
+    def ungrouped(self, t):
+        """(b, c, g, T, k·p) -> (b, c, T, h, p)."""
+        b, c, _, T = t.shape[:4]
+        return t.transpose(2, 3).reshape(b, c, T, self.h, self.p)
+
+    def heads_first(self, t):
+        """(b, c, T, h, p) -> (b, c, h, T, p) for the per-head (T, T) products."""
+        return t.permute(0, 1, 3, 2, 4)
+
+    def decay_matrix(self):
+        """(b, c, h, T, T): exp(cum_i - cum_j) for i >= j, 0 above the diagonal.
+
+        A difference of two cumulative sums inside one chunk, in the state dtype (as mamba_ssm's
+        kernels compute it); the chunk is short, so the sums stay small.
+        """
+        cum = self.cum.transpose(2, 3).contiguous()  # (b, c, h, T); contiguous so that L is too
+        L = cum[..., :, None] - cum[..., None, :]
+        upper = torch.ones(self.T, self.T, dtype=torch.bool, device=L.device).triu(1)
+        return L.masked_fill_(upper, -torch.inf).exp_()
+
+    def mix_heads(self, per_head, per_group):
+        """per_head (b, c, h, T, T) * per_group (b, c, g, T, T), each group's matrix applied to its heads."""
+        b, c, h, T, _ = per_head.shape
+        return (per_head.view(b, c, self.g, h // self.g, T, T) * per_group[:, :, :, None]).view(b, c, h, T, T)
+
+    def sum_heads(self, per_head):
+        """(b, c, h, T, T) -> (b, c, g, T, T), summing the heads of each group."""
+        b, c, h, T, _ = per_head.shape
+        return per_head.view(b, c, self.g, h // self.g, T, T).sum(3)
+
+    def chunk_states(self):
+        """(b, c, h, p, n): the state each chunk builds from zero, Σ_t to_end_t · xdt_t ⊗ B_t."""
+        xw = self.xdt * self.to_end[..., None].to(self.mm)
+        states = self.grouped(xw).transpose(-1, -2) @ self.B  # (b, c, g, k·p, n)
+        return states.view(*states.shape[:2], self.h, self.p, self.n).to(self.dt.dtype)
+
+    def entering_states(self, initial_state):
+        """(b, c, h, p, n) states before each chunk, and the final state; a loop over chunks keeps memory O(c)."""
+        b, c = self.x.shape[:2]
+        chunk_states = self.chunk_states()
+        state = initial_state.to(chunk_states.dtype) if initial_state is not None else torch.zeros_like(chunk_states[:, 0])
+        entering = torch.empty_like(chunk_states)
+        entering[:, 0] = state
+        with one_thread():
+            for k in range(c - 1):
+                torch.addcmul(chunk_states[:, k], entering[:, k], self.chunk_decay[:, k, :, None, None], out=entering[:, k + 1])
+        final = torch.addcmul(chunk_states[:, -1], entering[:, -1], self.chunk_decay[:, -1, :, None, None])
+        return entering, final
+
+    def states_grouped(self, states):
+        """(b, c, h, p, n) -> (b, c, g, k·p, n) in the dtype of the matrix products."""
+        b, c = states.shape[:2]
+        return states.to(self.mm).view(b, c, self.g, -1, self.n)
+
+    def pad_like_input(self, t):
+        """(b, l, h, p) -> (b, c, T, h, p), zero-padded."""
+        pad = self.c * self.T - self.l
+        return F.pad(t, (0, 0, 0, 0, 0, pad)).view(*self.x.shape) if pad else t.view(*self.x.shape)
+
+    def unpad(self, t):
+        """(b, c, T, …) -> (b, l, …)."""
+        return t.flatten(1, 2)[:, : self.l]
+
+
+class ChunkedScan(torch.autograd.Function):
+    """(x, dt, A, B, C, chunk_size, initial_state) -> y (b, l, h, p), final state (b, h, p, n).
+
+    dt is already discretised (state dtype). No D skip, no gate: `ssd_scan` adds those.
+    """
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, chunk_size, initial_state):
+        with torch.autocast(x.device.type, enabled=False):
+            ch = _Chunks(x, dt, A, B, C, chunk_size)
+            entering, final = ch.entering_states(initial_state)  # (b, c, h, p, n)
+
+            # Inside each chunk: y_i = Σ_{j<=i} (C_i·B_j) exp(cum_i - cum_j) xdt_j, the quadratic form.
+            CB = (ch.C @ ch.B.transpose(-1, -2)).to(ch.dt.dtype)  # (b, c, g, T, T)
+            L = ch.decay_matrix()  # (b, c, h, T, T)
+            M = ch.mix_heads(L, CB)
+            y_intra = M.to(ch.mm) @ ch.heads_first(ch.xdt)  # (b, c, h, T, p)
+            del M
+
+            # What the entering state contributes: exp(cum_i) · state @ C_i.
+            y_off = ch.ungrouped(ch.C @ ch.states_grouped(entering).transpose(-1, -2))  # (b, c, T, h, p)
+            y_off *= torch.exp(ch.cum)[..., None].to(ch.mm)
+            y = y_off + ch.heads_first(y_intra)
+        # Backward needs these again. The model runs the scan under activation checkpointing, so
+        # they live only while one layer's backward runs; the inputs are all it keeps longer.
+        ctx.save_for_backward(x, dt, A, B, C, initial_state, entering, L, CB, y_off)
+        ctx.chunk_size = chunk_size
+        return ch.unpad(y), final
+
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        x, dt, A, B, C, initial_state, entering, L, CB, y_off = ctx.saved_tensors
+        with torch.autocast(x.device.type, enabled=False):
+            ch = _Chunks(x, dt, A, B, C, ctx.chunk_size)
+            sdt, mm = ch.dt.dtype, ch.mm
+            dy = ch.pad_like_input(dy.to(mm))  # (b, c, T, h, p)
+            dcum = torch.zeros_like(ch.cum)  # gradient w.r.t. cum, (b, c, T, h)
+
+            # Intra-chunk form, with M = CB ∘ L (L the decay matrix).
+            dy_h, xdt_h = ch.heads_first(dy), ch.heads_first(ch.xdt)  # (b, c, h, T, p)
+            dML = (dy_h @ xdt_h.transpose(-1, -2)).to(sdt).mul_(L)  # dM ∘ L, (b, c, h, T, T)
+            dCB = ch.sum_heads(dML).to(mm)  # (b, c, g, T, T)
+            dC = dCB @ ch.B
+            dB = dCB.transpose(-1, -2) @ ch.C
+            M = ch.mix_heads(L, CB)
+            dxdt = ch.heads_first(M.to(mm).transpose(-1, -2) @ dy_h).to(sdt)  # (b, c, T, h, p)
+            E = ch.mix_heads(dML, CB)  # dM ∘ M: d/d(cum_i - cum_j)
+            dcum += (E.sum(-1) - E.sum(-2)).transpose(2, 3)
+            del M, E, dML, L, CB, dCB
+
+            # The entering state's contribution y_off_i = exp(cum_i) state @ C_i.
+            dye = dy * torch.exp(ch.cum)[..., None].to(mm)  # (b, c, T, h, p)
+            dC += ch.grouped(dye) @ ch.states_grouped(entering)
+            dcum += (dy.to(sdt) * y_off.to(sdt)).sum(-1)
+
+            # Gradients w.r.t. the states leaving each chunk, walking the chunks backwards.
+            from_y = ch.grouped(dye).transpose(-1, -2) @ ch.C  # (b, c, g, k·p, n): Σ_i exp(cum_i) dy_i ⊗ C_i
+            from_y = from_y.view_as(entering).to(sdt)
+            d_leaving = torch.empty_like(entering)
+            d_leaving[:, -1] = dfinal if dfinal is not None else 0
+            with one_thread():
+                for k in range(ch.c - 1, 0, -1):
+                    torch.addcmul(from_y[:, k], d_leaving[:, k], ch.chunk_decay[:, k, :, None, None], out=d_leaving[:, k - 1])
+            d_initial = None
+            if initial_state is not None:
+                d_initial = torch.addcmul(from_y[:, 0], d_leaving[:, 0], ch.chunk_decay[:, 0, :, None, None])
+            # state_leaving = chunk_decay · state_entering + chunk_state
+            dcum[:, :, -1] += ch.chunk_decay * (d_leaving * entering).sum((-1, -2))
+
+            # chunk_state = Σ_j to_end_j · xdt_j ⊗ B_j
+            G = ch.states_grouped(d_leaving)  # (b, c, g, k·p, n)
+            GB = ch.ungrouped(ch.B @ G.transpose(-1, -2)).to(sdt)  # (b, c, T, h, p): d_leaving @ B_j
+            to_end = ch.to_end[..., None]
+            dxdt += GB * to_end
+            d_to_end = (GB * ch.xdt.to(sdt)).sum(-1) * ch.to_end  # (b, c, T, h), times to_end for exp'
+            dcum[:, :, -1] += d_to_end.sum(2)
+            dcum -= d_to_end
+            dB += ch.grouped(ch.xdt * to_end.to(mm)) @ G
+
+            # cum = cumsum(dt·A) within the chunk, and xdt = x·dt.
+            dlog = dcum.flip(2).cumsum(2).flip(2)  # d(dt·A), (b, c, T, h)
+            ddt = dlog * A.to(sdt) + (dxdt * ch.x.to(sdt)).sum(-1)
+            dA = (dlog * ch.dt).sum((0, 1, 2)).to(A.dtype)
+            dx = dxdt * ch.dt[..., None]
+
+            b = x.shape[0]
+            dB = dB.transpose(2, 3).reshape(b, -1, ch.g, ch.n)
+            dC = dC.transpose(2, 3).reshape(b, -1, ch.g, ch.n)
+            grads = (
+                ch.unpad(dx).to(x.dtype), ch.unpad(ddt).to(dt.dtype), dA,
+                dB[:, : ch.l].to(B.dtype), dC[:, : ch.l].to(C.dtype), None,
+                None if d_initial is None else d_initial.to(initial_state.dtype),
+            )
+        return grads
 
 
 def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True, dt_limit=NO_DT_LIMIT):
@@ -153,7 +305,7 @@ def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=Tr
     """
     b, h, p = x.shape
     g, n = B.shape[-2:]
-    if cuda_kernels_available(x) and _cuda_state_update is not None:
+    if cuda_kernels_available(x) and _cuda_state_update is not None and tuple(dt_limit) == NO_DT_LIMIT:
         new_state = state.clone()
         A_hpn = A[:, None, None].expand(h, p, n).to(torch.float32)
         y = _cuda_state_update(

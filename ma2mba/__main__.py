@@ -1,0 +1,113 @@
+"""Command line: `python -m ma2mba {chat,train,eval} …` (see --help of each)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def chat(args) -> int:
+    from tqdm import tqdm
+
+    from . import load_model
+    from .hub import ModelNotFoundError
+    from .session import RewindError
+    from .tokenizer import QuestionTooLongError
+    from .video import VideoError, probe, sample_frames
+
+    try:
+        info = probe(args.video, max_seconds=args.max_seconds)
+        model = load_model(args.model)
+    except (VideoError, ModelNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    source = lambda after, until: (  # re-decode for rewinds past the cached frames
+        (t, f) for t, f in sample_frames(args.video, fps=args.fps, max_seconds=until + 1) if after < t <= until)
+    session = model.start_session(frame_source=source)
+    total = int(info.duration * args.fps) + 1 if info.duration else None
+    try:
+        with tqdm(total=total, unit="frame", desc="watching") as bar:
+            for t, frame in sample_frames(args.video, fps=args.fps, max_seconds=args.max_seconds):
+                session.ingest(frame, t)
+                bar.update(1)
+    except VideoError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nstopped after {session.frames} frames", file=sys.stderr)
+    stats = session.stats()
+    print(f"watched {stats['frames']} frames ({stats['tokens']} tokens); state {stats['state_bytes'] / 1024:.0f} KiB; "
+          f"{stats['ms_per_frame'] or 0:.1f} ms/frame", file=sys.stderr)
+    for question in args.question:
+        print(f"Q: {question}" + (f"  (as of {args.at:g}s)" if args.at is not None else ""))
+        print("A: ", end="", flush=True)
+        try:
+            for piece in session.ask(question, at=args.at, temperature=args.temperature):
+                print(piece, end="", flush=True)
+        except (QuestionTooLongError, RewindError, VideoError) as e:
+            print(f"\nerror: {e}", file=sys.stderr)
+            return 2
+        print()
+    return 0
+
+
+def train(args) -> int:
+    import torch
+
+    from .train import Trainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    trainer = Trainer(args.out, recipe=args.recipe, seed=args.seed, bf16=not args.fp32)
+    trainer.run(max_minutes=args.minutes, checkpoint_every=args.checkpoint_every)
+    done = trainer.stage_index >= len(trainer.stages)
+    print(f"{'finished' if done else 'paused'} after {trainer.seconds / 60:.1f} min of training; "
+          f"{'model in ' + str(trainer.out / 'model') if done else 'rerun the same command to resume'}")
+    return 0
+
+
+def evaluate(args) -> int:
+    from .evaluate import main as eval_main
+
+    return eval_main(args)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ma2mba", description="Video-Ma²mba: every frame in a Mamba-2 state.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("chat", help="watch a video at 1 FPS, then answer questions about it")
+    p.add_argument("video")
+    p.add_argument("-q", "--question", action="append", required=True, help="a question (repeatable)")
+    p.add_argument("--at", type=float, default=None, help="answer as of this many seconds into the video")
+    p.add_argument("--model", default=None, help="model folder or Hub repo id (default: the packaged model)")
+    p.add_argument("--fps", type=float, default=1.0)
+    p.add_argument("--max-seconds", type=float, default=4 * 3600)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.set_defaults(fn=chat)
+
+    p = sub.add_parser("train", help="train the packaged model (resumable)")
+    p.add_argument("--recipe", default="shapes")
+    p.add_argument("--out", default="runs/shapes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--minutes", type=float, default=None, help="stop (resumably) after this long")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=25)
+    p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    p.set_defaults(fn=train)
+
+    p = sub.add_parser("eval", help="accuracy on held-out ShapeWorld videos, with baselines")
+    p.add_argument("--model", default=None)
+    p.add_argument("--minutes", default="2,10,60", help="video lengths of the held-out sets")
+    p.add_argument("--videos", type=int, default=40, help="videos per set")
+    p.add_argument("--out", default="results/eval.json")
+    p.add_argument("--baselines", action="store_true", help="also run the 16-frame and majority baselines")
+    p.add_argument("--mp4", action="store_true", help="also run the sets as H.264 uploads through video.py")
+    p.set_defaults(fn=evaluate)
+
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""The training loop: every stage runs, and a paused run resumes exactly where it stopped."""
+
+import json
+
+import torch
+
+from ma2mba.train import RECIPES, Trainer, caption_answer, lr_at
+from ma2mba.data import shapeworld
+
+
+def test_paused_and_resumed_training_equals_one_run(tmp_path):
+    torch.set_num_threads(1)
+    total = sum(s.steps for s in RECIPES["smoke"])
+    straight = Trainer(tmp_path / "a", recipe="smoke", bf16=False)
+    straight.run(progress=False)
+    paused = Trainer(tmp_path / "b", recipe="smoke", bf16=False)
+    paused.run(progress=False, max_steps=total // 2)
+    assert paused.stage_index < len(paused.stages)
+    resumed = Trainer(tmp_path / "b", recipe="smoke", bf16=False)  # a fresh process would do the same
+    resumed.run(progress=False)
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    logs = [[json.loads(line) for line in open(tmp_path / d / "log.jsonl")] for d in "ab"]
+    assert len(logs[0]) == len(logs[1]) == total
+    assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
+    assert {r["stage"] for r in logs[0]} == {s.name for s in RECIPES["smoke"]}
+    assert (tmp_path / "a" / "model" / "model.safetensors").exists()
+
+
+def test_schedule_warms_up_then_decays_to_a_tenth():
+    stage = RECIPES["shapes"][-1]
+    assert lr_at(stage, 0) < lr_at(stage, stage.warmup - 1) <= stage.lr
+    assert abs(lr_at(stage, stage.steps) - 0.1 * stage.lr) < 1e-12
+
+
+def test_caption_answers_list_recent_events():
+    video = shapeworld.generate(3, 600)
+    starts = [a.start for a in video.appearances]
+    t = starts[5]
+    answer = caption_answer(video, t)
+    assert answer.endswith(f"{video.appearances[5].name} appears")
+    assert answer.count("appears") == min(4, sum(t - 20 < s <= t for s in starts))
+    quiet = next(t for t in range(20, 600) if not any(t - 20 < s <= t for s in starts))  # sparse long video
+    assert caption_answer(video, quiet) == "nothing appeared"
