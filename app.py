@@ -10,7 +10,6 @@ Settings come from environment variables (see SETTINGS below and docs/app.md).
 from __future__ import annotations
 
 import html
-import json
 import os
 import threading
 import time
@@ -57,6 +56,7 @@ GENERIC_QUESTIONS = ["What shape appeared first?", "What was the last shape to a
                      "How many times did a red circle appear?", "Describe the recent events."]
 N_SUGGESTIONS = 4
 PAPER = lab.PRESETS["paper 2.7B"]
+PAPER_STATE_BYTES = lab.state_bytes(PAPER.lm, PAPER.dtype)
 LIMITS = lab.Limits.from_env()
 
 torch.set_num_threads(SETTINGS["torch_threads"])
@@ -176,7 +176,7 @@ def memory_html(viewer: Viewer) -> str:
     top = max(state, kv)
     frames = s["frames"]
     paper_tokens = frames * PAPER.tokens_per_frame
-    paper_state, paper_kv = lab.state_bytes(PAPER.lm, PAPER.dtype), lab.kv_cache_bytes(PAPER.lm, paper_tokens, 2)
+    paper_kv = lab.kv_cache_bytes(PAPER.lm, paper_tokens, bytes_per_value=2)
 
     def bar(label, n, color, note):
         return (f"<div class='mem-row'><span class='mem-label'>{label}<br><small>{note}</small></span>"
@@ -188,7 +188,7 @@ def memory_html(viewer: Viewer) -> str:
         + bar("Mamba-2 state", state, "#16a34a", "constant")
         + bar("Transformer KV cache", kv, "#dc2626", f"2 × {lm.n_layer} layers × {lm.d_model} × {s['tokens']} tokens")
         + f"<small>At the paper's scale (Mamba2-2.7B, {PAPER.tokens_per_frame} tokens per frame, bf16) these "
-        f"{frames} frames would be a {fmt_bytes(paper_state)} state, or a {fmt_bytes(paper_kv)} KV cache.</small></div>"
+        f"{frames} frames would be a {fmt_bytes(PAPER_STATE_BYTES)} state, or a {fmt_bytes(paper_kv)} KV cache.</small></div>"
     )
 
 
@@ -290,6 +290,7 @@ def clear_chat(viewer):
 # --- Memory lab ---
 
 MODE_CHOICES = [(lab.MODE_LABELS[m], m) for m in lab.MODES]
+TRAINABLE_PRESETS = [name for name, p in lab.PRESETS.items() if p.trainable]
 # Fixed colours: the plots' colour scales then know every mode before its first point arrives.
 MODE_COLORS = dict(zip(lab.MODE_LABELS.values(), ("#dc2626", "#f59e0b", "#2563eb", "#16a34a")))
 PREDICTED_COLORS = dict(zip(lab.MODE_LABELS.values(), ("#fca5a5", "#fcd34d", "#93c5fd", "#86efac")))
@@ -308,7 +309,6 @@ def legend_only(x: str, y: str, color: str, labels) -> pd.DataFrame:
     """A plot's first value, with no points but every series: gradio's LinePlot fixes its colour scale
     from the first value it shows, so series that arrive later would otherwise be drawn without colour."""
     return pd.DataFrame({x: [float("nan")] * len(labels), y: float("nan"), color: list(labels)})
-TRAINABLE_PRESETS = [name for name, p in lab.PRESETS.items() if p.trainable]
 
 
 SUMMARY_COLUMNS = ["mode", "peak MiB (measured)", "peak MiB (planner)", "s / step", "recompute overhead",
