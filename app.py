@@ -41,6 +41,7 @@ SETTINGS = dict(
     max_video_seconds=_env("MA2MBA_MAX_VIDEO_SECONDS", 3600),  # longer uploads are refused
     max_upload_mb=_env("MA2MBA_MAX_UPLOAD_MB", 500),
     upload_max_age_s=_env("MA2MBA_UPLOAD_MAX_AGE_S", 3 * 3600),  # uploads and idle sessions older go away
+    upload_clean_every_s=_env("MA2MBA_UPLOAD_CLEAN_EVERY_S", 600),
     watch_concurrency=_env("MA2MBA_WATCH_CONCURRENCY", 2),  # videos ingested at once, all users together
     chat_concurrency=_env("MA2MBA_CHAT_CONCURRENCY", 4),
     queue_size=_env("MA2MBA_QUEUE_SIZE", 64),
@@ -469,7 +470,7 @@ def line_plot(x: str, y: str, color: str, colors: dict, elem_id: str, label: str
 
 
 def build_demo() -> gr.Blocks:
-    with gr.Blocks(title="ma²mba", delete_cache=(600, SETTINGS["upload_max_age_s"])) as demo:
+    with gr.Blocks(title="ma²mba", delete_cache=(SETTINGS["upload_clean_every_s"], SETTINGS["upload_max_age_s"])) as demo:
         viewer = gr.State(None, time_to_live=SETTINGS["upload_max_age_s"])
         model_name = gr.State(None)
         gr.Markdown(INTRO)

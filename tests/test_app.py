@@ -243,3 +243,20 @@ def test_memory_lab_yields_a_curve_per_mode_with_equal_losses(url):
     assert series == {"none · measured", "none · predicted", "MA-GC · measured", "MA-GC · predicted"}
     reach = client.predict(16, "paper 2.7B", api_name="/lab_budget")
     assert [row[0] for row in reach["data"]] == ["none", "per-layer", "√L", "MA-GC"]
+
+
+def test_old_uploads_are_deleted(tmp_path):
+    uploads = tmp_path / "gradio"
+    upload = tmp_path / "my-notes.mp4"
+    upload.write_text("not a video\n")
+    names = lambda: {p.name for p in uploads.rglob("*") if p.is_file()}
+    with running_app(GRADIO_TEMP_DIR=uploads, MA2MBA_UPLOAD_MAX_AGE_S=2, MA2MBA_UPLOAD_CLEAN_EVERY_S=1) as url:
+        client = Client(url, verbose=False)
+        with pytest.raises(AppError, match="is not a video file"):
+            client.predict(handle_file(str(upload)), "fastest", api_name="/watch")
+        assert "my-notes.mp4" in names()
+        deadline = time.monotonic() + 30
+        while "my-notes.mp4" in names():
+            assert time.monotonic() < deadline, "the upload was not deleted"
+            time.sleep(0.5)
+        assert {e["file"] for e in EXAMPLES.values()} <= names()  # the examples' copies stay
