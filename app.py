@@ -144,9 +144,15 @@ class Viewer:
 def frame_source(path):
     """Re-decodes frames for rewinds past the session's cached frames."""
     def frames(after, until):
-        for t, frame in sample_frames(path, fps=1.0, max_seconds=until + 1, max_side=DECODE_MAX_SIDE):
-            if after < t <= until:
-                yield t, frame
+        decoded = sample_frames(path, fps=1.0, max_seconds=SETTINGS["max_video_seconds"], max_side=DECODE_MAX_SIDE)
+        try:
+            for t, frame in decoded:
+                if t > until:
+                    break
+                if t > after:
+                    yield t, frame
+        finally:
+            decoded.close()
     return frames
 
 
