@@ -470,6 +470,12 @@ so you can then ask any number of questions, or rewind and ask about an earlier 
 """
 
 
+UNTRAINED_NOTE = """
+**Preview:** the trained weights of the packaged model are not here yet, so it runs with random weights and its
+answers are gibberish. Decoding, streaming, rewind, the memory comparison and the Memory lab are all real.
+"""
+
+
 def line_plot(x: str, y: str, color: str, colors: dict, elem_id: str, label: str) -> gr.LinePlot:
     return gr.LinePlot(legend_only(x, y, color, colors), x=x, y=y, color=color, color_map=colors,
                        colors_in_legend=[], height=360, label=label, elem_id=elem_id)
@@ -479,7 +485,7 @@ def build_demo() -> gr.Blocks:
     with gr.Blocks(title="ma²mba", delete_cache=(SETTINGS["upload_clean_every_s"], SETTINGS["upload_max_age_s"])) as demo:
         viewer = gr.State(None, time_to_live=SETTINGS["upload_max_age_s"])
         model_name = gr.State(None)
-        gr.Markdown(INTRO)
+        gr.Markdown(INTRO if packaged_is_trained() else INTRO + UNTRAINED_NOTE)
         with gr.Tab("Watch & chat"):
             with gr.Row():
                 with gr.Column(scale=5):
