@@ -41,8 +41,8 @@ The constants come from the config and the dtype: C_L = d_model·(bytes of the h
 residual), C_S = the bytes of one layer's (conv, ssm) state, C_io = 3·d_model·bytes, C_head =
 vocab·d_model·bytes when the head is tied (else 0), C_end = 3·C_head tied, vocab·d_model·bytes
 untied. A(s) and W(s) are what OUR layer keeps and works with, so they are measured: one layer's
-forward and backward is traced on the `meta` device (shapes, no data; see memory.py) at one and
-two scan chunks. That takes milliseconds and follows any change to the layer's implementation.
+forward and backward is traced on fake tensors (shapes, no data; see memory.py) at one and two
+scan chunks. That takes milliseconds and follows any change to the layer's implementation.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .lm import State
 from .mamba2 import Block
-from .memory import _LiveStorages, tensor_bytes
+from .memory import _LiveStorages, tensor_bytes, without_data
 
 MODES = ("none", "layer", "sqrt", "multi_axis")
 
@@ -84,6 +84,9 @@ def make_checkpointing(config, mode="none", layers_per_block=None, tokens_per_se
     if mode == "sqrt":
         return GridCheckpointing(config, layers_per_block=sqrt_block(L), tokens_per_segment=math.inf)
     chunk = config.ssm.chunk_size
+    if budget_bytes is not None and None not in (layers_per_block, tokens_per_segment):
+        raise CheckpointingError("with both layers_per_block and tokens_per_segment given, there is nothing "
+                                 "left to fit to budget_bytes: leave one of them (or both) to the planner")
     if layers_per_block is not None and not 1 <= layers_per_block <= L:
         raise CheckpointingError(f"layers_per_block={layers_per_block} must be between 1 and n_layer={L}")
     if tokens_per_segment is not None and (tokens_per_segment < 1 or tokens_per_segment % chunk):
@@ -106,9 +109,8 @@ def _cell(backbone, hidden, residual, states, layers: range, last: bool, params:
     new_states = []
     for i, (conv, ssm), layer_params in zip(layers, states, params):
         state = (_CompactGradient.apply(conv), ssm)
-        hidden, residual, (conv, ssm) = functional_call(backbone.layers[i], layer_params, (hidden, residual, state))
-        # The conv state is a slice of the conv's whole input; a compact copy lets that input go.
-        new_states.append((conv.contiguous(), ssm))
+        hidden, residual, new_state = functional_call(backbone.layers[i], layer_params, (hidden, residual, state))
+        new_states.append(new_state)
     if last:
         return backbone.final_norm(hidden, residual), None, new_states
     return hidden, residual, new_states
@@ -118,8 +120,8 @@ class _CompactGradient(torch.autograd.Function):
     """Identity whose backward copies the gradient.
 
     The gradient of a conv state arrives as a slice of the gradient of the conv's whole input
-    (b, conv_dim, s + d_conv - 1); it waits for the previous segment's backward, and a copy
-    keeps only its d_conv - 1 columns alive meanwhile.
+    (s + d_conv - 1 positions); it waits for the previous segment's backward, and a copy keeps
+    only its d_conv - 1 positions alive meanwhile.
     """
 
     @staticmethod
@@ -373,19 +375,25 @@ def _trace_layer_cached(config_json: str, dtype, n: int) -> LayerBytes:
     from .config import Mamba2Config
 
     config = Mamba2Config.from_dict(json.loads(config_json))
-    with torch.device("meta"):
-        block = Block(config, 0).to(dtype)
+    fake, default = without_data(), torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # fake parameters cannot be converted afterwards: make them in `dtype`
+    try:
+        with fake:
+            block = Block(config, 0)
+    finally:
+        torch.set_default_dtype(default)
+    with fake:
         hidden = torch.empty(1, n, config.d_model, dtype=dtype, requires_grad=True)
         residual = torch.empty(1, n, config.d_model, dtype=torch.float32 if config.residual_in_fp32 else dtype,
                                requires_grad=True)
         state = block.mixer.empty_state(1, dtype)
-    with _LiveStorages() as meter:
-        hidden_out, residual_out, new_state = block(hidden, residual, state)
-        saved = meter.live - tensor_bytes([hidden_out, residual_out, new_state])
-        torch.autograd.backward([hidden_out, residual_out], [torch.ones_like(hidden_out), torch.ones_like(residual_out)])
+        with _LiveStorages() as meter:
+            hidden_out, residual_out, new_state = block(hidden, residual, state)
+            saved = meter.live - tensor_bytes([hidden_out, residual_out, new_state])
+            torch.autograd.backward([hidden_out, residual_out], [torch.ones_like(hidden_out), torch.ones_like(residual_out)])
     return LayerBytes(saved, meter.peak - saved, tensor_bytes(state))
 
 
 def _trace_layer(config, dtype, n: int) -> LayerBytes:
-    """One layer's memory over n tokens at batch 1, measured on the meta device."""
+    """One layer's memory over n tokens at batch 1, measured on fake tensors."""
     return _trace_layer_cached(json.dumps(config.to_dict(), sort_keys=True), dtype, n)
