@@ -16,33 +16,40 @@ Order of the walk. Forward creates the cells segment by segment, bottom block to
 autograd engine runs the ready node created last first, so backward takes the last segment from
 the top block down, then the segment before, and so on: one cell recomputed at a time.
 
+In multi_axis mode each cell hands its parameter gradients straight to `.grad` (see _stand_ins),
+so train with `loss.backward()`; `torch.autograd.grad` with respect to the parameters does not
+see them. Gradients with respect to inputs, embeddings and initial states are plain autograd.
+
 The cost model. The peak bytes of one training step (forward and backward, gradient buffers
 already allocated, a loss on a few positions) at batch b, sequence S, L layers, blocks of l layers
 and segments of s tokens (nb = ⌈L/l⌉ blocks, ns = ⌈S/s⌉ segments) are the larger of
 
     during backward, at the first cell:
     M(l, s) = b·[ (nb − 1)·S·C_L             hidden + residual entering every block but the first
-                + (ns + 1 + [ns > 1])·L·C_S  the states entering every segment, the final state,
-                                             and the state gradients passed to the previous segment
+                + (ns + [ns > 1])·L·C_S      the states entering every segment, and the state
+                                             gradients passed to the previous segment
                 + l·A(s) + W(s)              the one cell being recomputed: l layers' saved
                                              activations, and one layer's backward working memory
                 + S·C_io ]                   the step's own tensors: embeddings, final hidden, its gradient
               + C_head                       a tied LM head's weight gradient, held until the embedding's
     when backward ends:
-      b·(L·C_S + 2·S·d_model·bytes) + C_end  the embedding's weight gradient is made, and summed
+      b·2·S·d_model·bytes + C_end            the embedding's weight gradient is made, and summed
                                              with the head's when they are tied
 
 The first line is the paper's M(l, s) = (L·S/l)·C_L + (L·S/s)·C_S + l·s·C_grid + s·C_state with the
 counts made exact and the terms that every mode shares written out; A(s) ≈ s·C_grid and
 W(s) ≈ s·C_state, affine in the number of scan chunks in s. `layer` is M(1, S), `sqrt` is
-M(round(√L), S), and `none` keeps everything: L·A(S) + W(S), the states in and out, and S·C_io.
+M(round(√L), S), and `none` keeps everything: L·A(S) + W(S), the initial states, and S·C_io.
+The final states are not counted: a training step that keeps them adds L·C_S.
 
 The constants come from the config and the dtype: C_L = d_model·(bytes of the hidden + bytes of the
 residual), C_S = the bytes of one layer's (conv, ssm) state, C_io = 3·d_model·bytes, C_head =
 vocab·d_model·bytes when the head is tied (else 0), C_end = 3·C_head tied, vocab·d_model·bytes
-untied. A(s) and W(s) are what OUR layer keeps and works with, so they are measured: one layer's
-forward and backward is traced on fake tensors (shapes, no data; see memory.py) at one and two
-scan chunks. That takes milliseconds and follows any change to the layer's implementation.
+untied. A(s) and W(s) are what OUR layer keeps and works with, so they are measured: the forward
+and backward of one layer and of two are traced on fake tensors (shapes, no data; see memory.py),
+at one and at two scan chunks. That takes a fraction of a second, once per config and dtype, and
+follows any change to the layer's implementation. Autocast is not modelled: under bf16 autocast
+the prediction for float32 is an upper bound.
 """
 
 from __future__ import annotations
@@ -181,9 +188,7 @@ class GridCheckpointing:
         self.layers_per_block = layers_per_block  # None: planned for each call's shape
         self.tokens_per_segment = tokens_per_segment  # math.inf: the whole sequence
         self.budget_bytes = budget_bytes
-        # Parameters used by several segments pass their gradients on cell by cell (see _stand_ins).
-        # They then reach .grad outside autograd's bookkeeping: use loss.backward(), not
-        # torch.autograd.grad, for parameter gradients in this mode.
+        # With segments, parameters are used by several cells: pass their gradients on cell by cell.
         self.direct_gradients = tokens_per_segment != math.inf
 
     def grid(self, seq_len: int, batch: int, dtype) -> tuple[int, int]:
@@ -341,15 +346,15 @@ class _CostModel:
 
     def peak(self, l, s, S, recompute=True):
         L, b = self.config.n_layer, self.batch
-        if recompute:  # nb - 1 block boundaries; states into every segment, out, and gradients between segments
+        if recompute:  # nb - 1 block boundaries; the states into every segment, and their gradients
             ns = np.ceil(S / s)
-            stored = (np.ceil(L / l) - 1) * S * self.C_L + (ns + 1 + (ns > 1)) * L * self.C_S
-        else:  # plain autograd: the states in and out
-            stored = 2 * L * self.C_S
+            stored = (np.ceil(L / l) - 1) * S * self.C_L + (ns + (ns > 1)) * L * self.C_S
+        else:  # plain autograd: the initial states
+            stored = L * self.C_S
         A, W = self.layer_bytes(s)
         during = b * (stored + l * A + W + S * self.C_io) + self.C_head
-        # When backward ends: the final states, the output, the embeddings' gradient, the head's.
-        end = b * (L * self.C_S + 2 * S * self.config.d_model * self.B) + self.C_end
+        # When backward ends: the output, the embeddings' gradient, the head's.
+        end = b * 2 * S * self.config.d_model * self.B + self.C_end
         return np.maximum(during, end).astype(np.int64)
 
     def grids(self, S: int, l=None, s=None):
@@ -365,8 +370,8 @@ class _CostModel:
 
 
 class LayerBytes(NamedTuple):
-    saved: int  # activations one layer keeps for backward
-    work: int  # the rest of its peak during backward: gradients in flight, temporaries
+    saved: int  # what one more layer keeps for backward
+    work: int  # the rest of one layer's peak during its backward: gradients in flight, temporaries
     state: int  # its (conv, ssm) state
 
 
@@ -379,19 +384,26 @@ def _trace_layer_cached(config_json: str, dtype, n: int) -> LayerBytes:
     torch.set_default_dtype(dtype)  # fake parameters cannot be converted afterwards: make them in `dtype`
     try:
         with fake:
-            block = Block(config, 0)
+            blocks = [Block(config, i) for i in range(2)]
     finally:
         torch.set_default_dtype(default)
-    with fake:
-        hidden = torch.empty(1, n, config.d_model, dtype=dtype, requires_grad=True)
-        residual = torch.empty(1, n, config.d_model, dtype=torch.float32 if config.residual_in_fp32 else dtype,
-                               requires_grad=True)
-        state = block.mixer.empty_state(1, dtype)
-        with _LiveStorages() as meter:
-            hidden_out, residual_out, new_state = block(hidden, residual, state)
-            saved = meter.live - tensor_bytes([hidden_out, residual_out, new_state])
-            torch.autograd.backward([hidden_out, residual_out], [torch.ones_like(hidden_out), torch.ones_like(residual_out)])
-    return LayerBytes(saved, meter.peak - saved, tensor_bytes(state))
+    # Traced as the dtype says, whatever the caller's grad mode and autocast (an upper bound under bf16 autocast).
+    with fake, torch.enable_grad(), torch.autocast("cpu", enabled=False):
+        state = blocks[0].mixer.empty_state(1, dtype)
+        after_forward, peak = [], []
+        for k in (1, 2):  # one layer and two: their difference is what a layer keeps, wherever it is
+            hidden = torch.empty(1, n, config.d_model, dtype=dtype, requires_grad=True)
+            residual = torch.empty(1, n, config.d_model, dtype=state[1].dtype if config.residual_in_fp32 else dtype,
+                                   requires_grad=True)
+            with _LiveStorages() as meter:
+                outputs = (hidden, residual)
+                for block in blocks[:k]:
+                    *outputs, _ = block(*outputs, state)
+                after_forward.append(meter.live)
+                sum(t.sum() for t in outputs).backward()
+            peak.append(meter.peak)
+    saved = after_forward[1] - after_forward[0]
+    return LayerBytes(saved, peak[0] - saved, tensor_bytes(state))
 
 
 def _trace_layer(config, dtype, n: int) -> LayerBytes:
