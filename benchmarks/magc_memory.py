@@ -11,9 +11,9 @@ Every number comes from ma2mba.memory's meter, in one of two ways:
         arithmetic): the same code and the same allocations, so lengths beyond this machine's
         RAM and time are measured as well. Where both ran, the two peaks are compared.
 
-Each point runs in a fresh process and is cached in results/magc_memory.json under a fingerprint
-of the code it measures, so a rerun only measures what is missing (extend with --fake-log2 /
---cpu-log2 / --repeats); changed code invalidates the cache.
+Each point runs in a fresh process and is cached in results/magc_memory.json with a fingerprint
+of the code it measured. A rerun measures only what the current code lacks (extend with
+--fake-log2 / --cpu-log2 / --repeats) and reports only points of the current code.
 
     python benchmarks/magc_memory.py                 # measure what is missing, print, draw
     python benchmarks/magc_memory.py --report-only   # table and figure from the JSON
@@ -102,24 +102,30 @@ def run_point(mode, seq_len, device, threads, timeout) -> dict | None:
 
 # --- the sweep ---
 
+def key(p: dict) -> tuple:
+    return p["mode"], p["seq_len"], p["device"], p["round"]
+
+
 def load(fp: str) -> dict:
-    if RESULTS.exists():
-        data = json.loads(RESULTS.read_text())
-        if data.get("fingerprint") == fp:
-            return data
-        print("code changed since the cached points: measuring afresh")
-    return {"fingerprint": fp, "points": []}
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"points": []}
+    data["fingerprint"] = fp
+    current = {key(p) for p in data["points"] if p["code"] == fp}
+    stale = [p for p in data["points"] if p["code"] != fp and key(p) not in current]
+    if stale:
+        print(f"{len(stale)} cached points measured older code: they are kept, not reported, and measured again")
+    return data
 
 
 def save(data: dict) -> None:
+    # A point of older code goes once the current code has measured it.
+    current = {key(p) for p in data["points"] if p["code"] == data["fingerprint"]}
+    data["points"] = [p for p in data["points"] if p["code"] == data["fingerprint"] or key(p) not in current]
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def sweep(args, data: dict) -> None:
-    def have(mode, S, device, round_=0):
-        return any(p["mode"] == mode and p["seq_len"] == S and p["device"] == device and p.get("round", 0) == round_
-                   for p in data["points"])
+    done = {key(p) for p in data["points"] if p["code"] == data["fingerprint"]}
 
     todo = [(mode, 2**k, "fake", 0) for k in args.fake_log2 for mode in MODES
             if mode == "multi_axis" or k <= args.fake_log2_baselines]
@@ -130,19 +136,19 @@ def sweep(args, data: dict) -> None:
             todo += [(mode, S, "cpu", r) for mode in order
                      if predict_peak_bytes(CONFIG, S, mode) <= args.ram_limit_gib * GIB]
     for mode, S, device, r in todo:
-        if have(mode, S, device, r):
+        if (mode, S, device, r) in done:
             continue
         print(f"measuring {mode} S={S} on {device} (round {r})", flush=True)
         point = run_point(mode, S, device, args.threads, args.timeout)
         if point is not None:
-            data["points"].append({**point, "round": r, "threads": args.threads})
+            data["points"].append({**point, "round": r, "threads": args.threads, "code": data["fingerprint"]})
             save(data)
 
 
 # --- the report ---
 
 def summarize(data: dict, budget: int) -> dict:
-    points = data["points"]
+    points = [p for p in data["points"] if p["code"] == data["fingerprint"]]
     lengths = sorted({p["seq_len"] for p in points})
     rows = {}
     for mode in MODES:

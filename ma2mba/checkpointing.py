@@ -38,7 +38,7 @@ and segments of s tokens (nb = ⌈L/l⌉ blocks, ns = ⌈S/s⌉ segments) are th
 
 The first line is the paper's M(l, s) = (L·S/l)·C_L + (L·S/s)·C_S + l·s·C_grid + s·C_state with the
 counts made exact and the terms that every mode shares written out; A(s) ≈ s·C_grid and
-W(s) ≈ s·C_state, affine in the number of scan chunks in s. `layer` is M(1, S), `sqrt` is
+W(s) ≈ s·C_state, affine in s. `layer` is M(1, S), `sqrt` is
 M(round(√L), S), and `none` keeps everything: L·A(S) + W(S), the initial states, and S·C_io.
 The final states are not counted: a training step that keeps them adds L·C_S.
 
@@ -246,7 +246,7 @@ def plan(config, seq_len: int, batch: int = 1, dtype=torch.float32, budget_bytes
          modes=MODES, layers_per_block=None, tokens_per_segment=None) -> Plan:
     """Choose how to checkpoint a training step of `seq_len` tokens, among `modes`.
 
-    Without a budget: the plan with the lowest predicted peak (a multi_axis grid).
+    Without a budget: the plan with the lowest predicted peak (on a tie, the least recomputation).
     With one: the plan with the least recomputation that fits. "none" recomputes nothing; every
     grid recomputes the forward once, and fewer, larger cells lose less time to per-cell
     overhead, so the fitting grid with the fewest cells wins, then the one with the lower peak.
@@ -341,8 +341,8 @@ class _CostModel:
             one = _trace_layer(self.config, self.dtype, int(np.max(s)))
             return one.saved, one.work
         one, two = _trace_layer(self.config, self.dtype, T), _trace_layer(self.config, self.dtype, 2 * T)
-        extra_chunks = np.ceil(s / T) - 1  # a last partial chunk is padded to a whole one
-        return one.saved + extra_chunks * (two.saved - one.saved), one.work + extra_chunks * (two.work - one.work)
+        extra = (s - T) / T  # in chunks; the scan pads at most one short chunk of its own
+        return one.saved + extra * (two.saved - one.saved), one.work + extra * (two.work - one.work)
 
     def peak(self, l, s, S, recompute=True):
         L, b = self.config.n_layer, self.batch
