@@ -22,6 +22,7 @@ of the code it measured. A rerun measures only what the current code lacks (exte
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import hashlib
 import json
@@ -56,9 +57,16 @@ PAPER = {
 
 
 def fingerprint() -> str:
+    """A hash of the measured code's syntax: comments, docstrings and layout do not count."""
     h = hashlib.sha256()
     for name in MEASURED_CODE:
-        h.update((ROOT / name).read_bytes())
+        tree = ast.parse((ROOT / name).read_text())
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+        h.update(ast.dump(tree).encode())
     return h.hexdigest()[:16]
 
 

@@ -1,10 +1,10 @@
 """Tensor memory measured while code runs: the peak, and the timeline of a training step.
 
-CPU: a TorchDispatchMode sees every tensor that every operator returns,
-below autograd, so the gradient buffers and the tensors saved for backward are seen too. Each
-storage is counted once, from the operator that creates it until it is freed (a
-`weakref.finalize` on the storage fires when its last tensor or view goes away). We chose this
-over `torch.profiler(profile_memory=True)` because
+CPU: a TorchDispatchMode sees every tensor that every operator returns, below autograd, so the
+gradient buffers and the tensors saved for backward are seen too. Each storage is counted once,
+from the operator that creates it until it is freed (a `weakref.finalize` on the storage fires
+when its last tensor or view goes away). We chose this over `torch.profiler(profile_memory=True)`
+because
   - it is exact and deterministic: live bytes after every operator are the sum of the storages
     that exist, nothing is sampled or inferred from event pairs;
   - its cost is one Python call per operator, where the profiler keeps an event per operator
