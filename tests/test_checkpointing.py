@@ -27,16 +27,16 @@ GRIDS = [  # (mode, layers_per_block, tokens_per_segment)
 ]
 
 
-def train_step(lm, batch, use_embeds, initial_state, loss_reads_state):
+def train_step(lm, b, S, use_embeds, initial_state, loss_reads_state):
     """Loss and gradients of one step: every parameter, the input embeddings, the initial state."""
     lm.zero_grad(set_to_none=True)
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 50, (batch["b"], batch["S"]), generator=g)
+    ids = torch.randint(0, 50, (b, S), generator=g)
     dtype = lm.lm_head.weight.dtype
     embeds = lm.embed(ids).detach().requires_grad_() if use_embeds else None
     state = None
     if initial_state:
-        state = lm.empty_state(batch["b"]).map(lambda t: torch.randn(t.shape, generator=g, dtype=t.dtype).requires_grad_())
+        state = lm.empty_state(b).map(lambda t: torch.randn(t.shape, generator=g, dtype=t.dtype).requires_grad_())
     out = lm(input_ids=None if use_embeds else ids, inputs_embeds=embeds, state=state)
     weights = torch.randn(out.logits.shape, generator=g, dtype=dtype)
     loss = (weights * out.logits).sum()
@@ -68,17 +68,16 @@ CASES = [  # (b, S, use_embeds, initial_state, loss_reads_state)
 def test_every_mode_gives_the_loss_and_gradients_of_plain_autograd(dtype, mode, l, s):
     torch.manual_seed(0)
     lm = Mamba2LM(TINY).to(dtype)
-    for b, S, use_embeds, initial_state, loss_reads_state in CASES:
-        args = (dict(b=b, S=S), use_embeds, initial_state, loss_reads_state)
+    for case in CASES:
         lm.set_checkpointing("none")
-        ref_loss, ref = train_step(lm, *args)
+        ref_loss, ref = train_step(lm, *case)
         lm.set_checkpointing(mode, layers_per_block=l, tokens_per_segment=s)
-        loss, got = train_step(lm, *args)
+        loss, got = train_step(lm, *case)
         assert rel_err(loss, ref_loss) <= TOLERANCE[dtype]
         assert got.keys() == ref.keys()
         errors = {name: rel_err(got[name], ref[name]) for name in ref}
         worst = max(errors, key=errors.get)
-        assert errors[worst] <= TOLERANCE[dtype], f"case {args}: {worst} off by {errors[worst]:.2e}"
+        assert errors[worst] <= TOLERANCE[dtype], f"case {case}: {worst} off by {errors[worst]:.2e}"
 
 
 def test_backward_recomputes_one_cell_at_a_time_from_the_last():
