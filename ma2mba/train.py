@@ -64,7 +64,8 @@ class Stage:
     caption_share: float = 0.0  # qa stage: share of timed-caption asks kept from stage 1.5
     upload_share: float = 0.25  # frames rendered at 360p and shrunk, as uploads are
     train_vision: bool = False
-    checkpointing: str = "none"  # gradient checkpointing mode for the LM
+    checkpointing: str = "none"  # gradient checkpointing mode for the LM on long clips …
+    checkpointing_from: int = 0  # … of at least this many seconds (shorter ones need none)
     warmup: int = 50
 
 
@@ -74,7 +75,7 @@ RECIPES = {
         Stage("align", "frames", steps=600, lr=2e-3, warmup=50),
         Stage("captions", "captions", steps=500, lr=1e-3, lengths=(16, 32, 64, 128), moments=6, asks_per_step=192),
         Stage("qa", "qa", steps=4000, lr=1e-3, lengths=(16, 32, 64, 128, 256, 512, 768),
-              caption_share=0.1, checkpointing="multi_axis"),
+              caption_share=0.1, checkpointing="multi_axis", checkpointing_from=512),
     ],
     # A few steps of everything: the tests and `--recipe smoke` use it to exercise the whole loop.
     "smoke": [
@@ -273,6 +274,7 @@ class Trainer:
         else:
             length = self.curriculum.length(self.rng)
             frames, times, moments, asks = self._video_batch(stage, length)
+        model.lm.set_checkpointing(stage.checkpointing if length >= stage.checkpointing_from else "none")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             visual = visual_tokens(model, frames, train_vision=stage.train_vision)  # (B, N, k, d)
             tokens = model.frame_embeds(visual, times)  # (B, N, 1 + k, d)
@@ -321,7 +323,6 @@ class Trainer:
                 stage = self.stage
                 self.model.train()
                 self.model.vision.train(stage.train_vision)
-                self.model.lm.set_checkpointing(stage.checkpointing)
                 bar = tqdm(total=stage.steps, initial=self.step, desc=f"stage {stage.name}", disable=not progress)
                 while self.step < stage.steps and not self._stop:
                     record = self.train_step(stage)
