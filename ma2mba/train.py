@@ -56,7 +56,8 @@ class Stage:
     promote_at: float = 0.85
     min_steps: int = 40  # steps at a length before it can be promoted
     replay: float = 0.25  # share of steps that revisit an earlier length
-    tokens_per_step: int = 8192  # video tokens per step; the batch size follows from the length
+    tokens_per_step: int = 8192  # video tokens per step; the batch size follows from the length …
+    max_videos: int = 64  # … up to this many videos
     frames_per_step: int = 96  # the "frames" task's batch
     moments: int = 4  # states per video that questions branch from
     asks_per_step: int = 384  # questions per step, spread over the videos and moments
@@ -226,22 +227,24 @@ class Trainer:
 
     def _video_batch(self, stage: Stage, length: int):
         """Videos of `length` seconds, with questions asked at several moments of each."""
-        batch = max(1, stage.tokens_per_step // (length * self.model.tokens_per_frame))
+        batch = max(1, min(stage.max_videos, stage.tokens_per_step // (length * self.model.tokens_per_frame)))
         inner = self.rng.choice(np.arange(1, length), size=min(stage.moments - 1, length - 1), replace=False)
         moments = sorted(set(inner.tolist()) | {length})
-        per_moment = max(1, round(stage.asks_per_step / (batch * len(moments))))
-        frames, asks = [], []
-        for b in range(batch):
-            video = self._video(length)
-            frames.append(self._render(video, range(length), stage))
-            for j, m in enumerate(moments):
-                as_of = m - 1  # the moment's last frame is shown at second m - 1
-                n_caption = per_moment if stage.task == "captions" else \
-                    int(self.rng.binomial(per_moment, stage.caption_share))
-                asks += [Ask(b, j, CAPTION_QUESTION, caption_answer(video, as_of), "caption")] * n_caption
-                for qa in video.questions(self.rng, n=per_moment - n_caption, as_of=as_of):
-                    asks.append(Ask(b, j, qa.question, qa.answer, qa.kind_of_question))
-        return np.stack(frames), np.arange(length), moments, asks
+        # asks_per_step questions, spread evenly over (video, moment) slots
+        slots = [(b, j) for b in range(batch) for j in range(len(moments))]
+        per_slot = np.zeros(len(slots), dtype=int)
+        order = self.rng.permutation(len(slots))
+        np.add.at(per_slot, order[np.arange(stage.asks_per_step) % len(slots)], 1)
+        videos = [self._video(length) for _ in range(batch)]
+        frames = np.stack([self._render(v, range(length), stage) for v in videos])
+        asks = []
+        for (b, j), n in zip(slots, per_slot):
+            video, as_of = videos[b], moments[j] - 1  # the moment's last frame is shown at second m - 1
+            n_caption = n if stage.task == "captions" else int(self.rng.binomial(n, stage.caption_share))
+            asks += [Ask(b, j, CAPTION_QUESTION, caption_answer(video, as_of), "caption")] * min(n_caption, 1)
+            for qa in video.questions(self.rng, n=n - min(n_caption, 1), as_of=as_of):
+                asks.append(Ask(b, j, qa.question, qa.answer, qa.kind_of_question))
+        return frames, np.arange(length), moments, asks
 
     # --- steps ---
     def _optimise(self, stage: Stage, loss: torch.Tensor) -> float:
