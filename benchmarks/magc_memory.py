@@ -7,13 +7,13 @@ step, so "peak" is the peak above the weights and their gradients.
 
 Every number comes from ma2mba.memory's meter, in one of two ways:
   cpu   the real step on this CPU: peak bytes and seconds per token;
-  meta  the same step on PyTorch's `meta` device: the same code and the same allocations, with
-        no arithmetic, so lengths beyond this machine's RAM and time are measured as well.
-        Where both ran, the two peaks are compared (they agree to the byte).
+  fake  the same step on fake tensors (ma2mba.memory.without_data: shapes, no data, no
+        arithmetic): the same code and the same allocations, so lengths beyond this machine's
+        RAM and time are measured as well. Where both ran, the two peaks are compared.
 
-Each point runs in a fresh process and is cached in results/magc_memory.json under a fingerprint
-of the code it measures, so a rerun only measures what is missing (extend with --meta-log2 /
---cpu-log2 / --repeats); changed code invalidates the cache.
+Each point runs in a fresh process and is cached in results/magc_memory.json with a fingerprint
+of the code it measured. A rerun measures only what the current code lacks (extend with
+--fake-log2 / --cpu-log2 / --repeats) and reports only points of the current code.
 
     python benchmarks/magc_memory.py                 # measure what is missing, print, draw
     python benchmarks/magc_memory.py --report-only   # table and figure from the JSON
@@ -22,6 +22,8 @@ of the code it measures, so a rerun only measures what is missing (extend with -
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import hashlib
 import json
 import math
@@ -38,13 +40,12 @@ import torch  # noqa: E402
 
 from ma2mba import Mamba2Config, Mamba2LM  # noqa: E402
 from ma2mba.checkpointing import MODES, max_seq_len, predict_peak_bytes  # noqa: E402
-from ma2mba.memory import peak_bytes  # noqa: E402
+from ma2mba.memory import peak_bytes, without_data  # noqa: E402
 
 RESULTS = ROOT / "results" / "magc_memory.json"
 FIGURE = ROOT / "assets" / "magc_memory.png"
 CONFIG = Mamba2Config(d_model=768, n_layer=24, vocab_size=50277)
-MEASURED_CODE = ["ma2mba/ssd.py", "ma2mba/mamba2.py", "ma2mba/lm.py", "ma2mba/checkpointing.py",
-                 "ma2mba/memory.py", "benchmarks/magc_memory.py"]
+MEASURED_CODE = ["ma2mba/ssd.py", "ma2mba/mamba2.py", "ma2mba/lm.py", "ma2mba/checkpointing.py", "ma2mba/memory.py"]
 GIB = 2**30
 
 # Video-Ma²mba Table 3 (2.7B, peak GB above weights; max length on an 80 GB A100).
@@ -56,32 +57,39 @@ PAPER = {
 
 
 def fingerprint() -> str:
+    """A hash of the measured code's syntax: comments, docstrings and layout do not count."""
     h = hashlib.sha256()
     for name in MEASURED_CODE:
-        h.update((ROOT / name).read_bytes())
+        tree = ast.parse((ROOT / name).read_text())
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+        h.update(ast.dump(tree).encode())
     return h.hexdigest()[:16]
 
 
 # --- one point, in its own process ---
 
 def measure_point(mode: str, seq_len: int, device: str, threads: int) -> dict:
+    """device: "cpu" or "fake"."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    with torch.device(device):
-        lm = Mamba2LM(CONFIG)
-    for p in lm.parameters():
-        p.grad = torch.zeros_like(p)
-    lm.set_checkpointing(mode)
-    ids = torch.randint(0, CONFIG.vocab_size, (1, seq_len), device=device)
-    label = torch.randint(0, CONFIG.vocab_size, (1,), device=device)
+    with without_data() if device == "fake" else contextlib.nullcontext():
+        lm = Mamba2LM(CONFIG).set_checkpointing(mode)
+        for p in lm.parameters():
+            p.grad = torch.zeros_like(p)
+        ids = torch.randint(0, CONFIG.vocab_size, (1, seq_len))
+        label = torch.randint(0, CONFIG.vocab_size, (1,))
 
-    def step():
-        hidden = lm(ids, return_logits=False).hidden
-        torch.nn.functional.cross_entropy(lm.lm_head(hidden[:, -1]), label).backward()
+        def step():
+            hidden = lm(ids, return_logits=False).hidden
+            torch.nn.functional.cross_entropy(lm.lm_head(hidden[:, -1]), label).backward()
 
-    start = time.perf_counter()
-    peak = peak_bytes(step)
-    seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        peak = peak_bytes(step)
+        seconds = time.perf_counter() - start
     l, s = lm.backbone.checkpointing.grid(seq_len, 1, torch.float32) if mode == "multi_axis" else (None, None)
     return dict(mode=mode, seq_len=seq_len, device=device, peak_bytes=peak, seconds=seconds,
                 layers_per_block=l, tokens_per_segment=s)
@@ -102,26 +110,33 @@ def run_point(mode, seq_len, device, threads, timeout) -> dict | None:
 
 # --- the sweep ---
 
+def key(p: dict) -> tuple:
+    return p["mode"], p["seq_len"], p["device"], p["round"]
+
+
 def load(fp: str) -> dict:
-    if RESULTS.exists():
-        data = json.loads(RESULTS.read_text())
-        if data.get("fingerprint") == fp:
-            return data
-        print("code changed since the cached points: measuring afresh")
-    return {"fingerprint": fp, "points": []}
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"points": []}
+    data["fingerprint"] = fp
+    current = {key(p) for p in data["points"] if p["code"] == fp}
+    stale = [p for p in data["points"] if p["code"] != fp and key(p) not in current]
+    if stale:
+        print(f"{len(stale)} cached points measured older code: they are kept, not reported, and measured again")
+    return data
 
 
 def save(data: dict) -> None:
+    # A point of older code goes once the current code has measured it.
+    current = {key(p) for p in data["points"] if p["code"] == data["fingerprint"]}
+    data["points"] = [p for p in data["points"] if p["code"] == data["fingerprint"] or key(p) not in current]
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def sweep(args, data: dict) -> None:
-    def have(mode, S, device, round_=0):
-        return any(p["mode"] == mode and p["seq_len"] == S and p["device"] == device and p.get("round", 0) == round_
-                   for p in data["points"])
+    done = {key(p) for p in data["points"] if p["code"] == data["fingerprint"]}
 
-    todo = [(mode, 2**k, "meta", 0) for k in args.meta_log2 for mode in MODES]
+    todo = [(mode, 2**k, "fake", 0) for k in args.fake_log2 for mode in MODES
+            if mode == "multi_axis" or k <= args.fake_log2_baselines]
     for r in range(args.repeats):  # rounds interleave the modes, so slow spells hit them alike
         order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]
         for k in args.cpu_log2:
@@ -129,19 +144,19 @@ def sweep(args, data: dict) -> None:
             todo += [(mode, S, "cpu", r) for mode in order
                      if predict_peak_bytes(CONFIG, S, mode) <= args.ram_limit_gib * GIB]
     for mode, S, device, r in todo:
-        if have(mode, S, device, r):
+        if (mode, S, device, r) in done:
             continue
         print(f"measuring {mode} S={S} on {device} (round {r})", flush=True)
         point = run_point(mode, S, device, args.threads, args.timeout)
         if point is not None:
-            data["points"].append({**point, "round": r, "threads": args.threads})
+            data["points"].append({**point, "round": r, "threads": args.threads, "code": data["fingerprint"]})
             save(data)
 
 
 # --- the report ---
 
 def summarize(data: dict, budget: int) -> dict:
-    points = data["points"]
+    points = [p for p in data["points"] if p["code"] == data["fingerprint"]]
     lengths = sorted({p["seq_len"] for p in points})
     rows = {}
     for mode in MODES:
@@ -152,18 +167,21 @@ def summarize(data: dict, budget: int) -> dict:
             peaks = {p["device"]: p["peak_bytes"] for p in mine}
             cpu_times = [p["seconds"] for p in mine if p["device"] == "cpu"]
             grid = next(p for p in mine)
-            measured = peaks.get("cpu", peaks.get("meta"))
+            measured = peaks.get("cpu", peaks.get("fake"))
             predicted = predict_peak_bytes(CONFIG, S, mode, layers_per_block=grid["layers_per_block"],
                                            tokens_per_segment=grid["tokens_per_segment"])
             rows[f"{mode}@{S}"] = dict(
                 mode=mode, seq_len=S, measured_bytes=measured, predicted_bytes=predicted,
                 prediction_error=predicted / measured - 1,
-                cpu_equals_meta=peaks["cpu"] == peaks["meta"] if len(peaks) == 2 else None,
+                cpu_equals_fake=peaks["cpu"] == peaks["fake"] if len(peaks) == 2 else None,
                 seconds_per_token=statistics.median(cpu_times) / S if cpu_times else None, cpu_runs=len(cpu_times),
                 layers_per_block=grid["layers_per_block"], tokens_per_segment=grid["tokens_per_segment"])
-    longest_measured = {
-        mode: max((r["seq_len"] for r in rows.values() if r["mode"] == mode and r["measured_bytes"] <= budget), default=None)
-        for mode in MODES}
+    longest_measured = {}  # mode -> (longest measured S within budget, whether a longer one was measured over it)
+    for mode in MODES:
+        mine = [r for r in rows.values() if r["mode"] == mode]
+        fits = max((r["seq_len"] for r in mine if r["measured_bytes"] <= budget), default=None)
+        over = any(r["seq_len"] > (fits or 0) and r["measured_bytes"] > budget for r in mine)
+        longest_measured[mode] = (fits, over)
     longest_planned = {mode: max_seq_len(CONFIG, budget, mode) for mode in MODES}
 
     def at(mode, S, key="measured_bytes"):
@@ -182,8 +200,8 @@ def summarize(data: dict, budget: int) -> dict:
             paper={f"multi_axis/{m}": PAPER["at_2^14_gb"]["multi_axis"] / PAPER["at_2^14_gb"][m]
                    for m in ("none", "layer", "sqrt")}),
         longest_ratio=dict(
-            ours=longest_measured["multi_axis"] / longest_measured["none"]
-            if longest_measured["multi_axis"] and longest_measured["none"] else None,
+            ours=longest_measured["multi_axis"][0] / longest_measured["none"][0]
+            if longest_measured["multi_axis"][0] and longest_measured["none"][0] else None,
             paper=2 ** (PAPER["longest_log2"]["multi_axis"] - PAPER["longest_log2"]["none"])),
         speed_multi_axis_over_layer=dict(ours=speed, paper=PAPER["ms_per_token"]["multi_axis"] / PAPER["ms_per_token"]["layer"]),
         worst_prediction_error={mode: max((abs(r["prediction_error"]) for r in rows.values() if r["mode"] == mode), default=None)
@@ -199,14 +217,16 @@ def fmt_bytes(n):
 def print_report(summary: dict) -> None:
     rows = summary["rows"]
     lengths = sorted({r["seq_len"] for r in rows.values()})
-    print("\nPeak memory above weights and gradients, GiB: measured (planner prediction)\n")
+    print("\nPeak memory above weights and gradients, GiB: measured (planner's prediction); "
+          "† measured on fake tensors only\n")
     print("| S | " + " | ".join(MODES) + " | MA-GC grid (l, s) |")
     print("|---|" + "---|" * (len(MODES) + 1))
     for S in lengths:
         cells = []
         for mode in MODES:
             r = rows.get(f"{mode}@{S}")
-            cells.append("—" if r is None else f"{fmt_bytes(r['measured_bytes'])} ({fmt_bytes(r['predicted_bytes'])})")
+            mark = "" if r is None or r["cpu_runs"] else "†"
+            cells.append("—" if r is None else f"{fmt_bytes(r['measured_bytes'])}{mark} ({fmt_bytes(r['predicted_bytes'])})")
         ma = rows.get(f"multi_axis@{S}")
         grid = f"({ma['layers_per_block']}, {ma['tokens_per_segment']})" if ma else "—"
         print(f"| 2^{int(math.log2(S))} | " + " | ".join(cells) + f" | {grid} |")
@@ -226,9 +246,9 @@ def print_report(summary: dict) -> None:
     print("| mode | measured | planner | paper (80 GB, 2.7B) |")
     print("|---|---|---|---|")
     for mode in MODES:
-        m = summary["longest_measured"][mode]
-        print(f"| {mode} | {'—' if m is None else f'2^{int(math.log2(m))}'} | {summary['longest_planned'][mode]} "
-              f"| 2^{PAPER['longest_log2'][mode]} |")
+        fits, over = summary["longest_measured"][mode]
+        measured = "—" if fits is None else ("" if over else "≥ ") + f"2^{int(math.log2(fits))}"
+        print(f"| {mode} | {measured} | {summary['longest_planned'][mode]} | 2^{PAPER['longest_log2'][mode]} |")
     print("\nRatios, ours beside the paper's Table 3:\n")
     print("| ratio | ours | paper |")
     print("|---|---|---|")
@@ -244,9 +264,9 @@ def print_report(summary: dict) -> None:
     print(f"| time per token, multi_axis / layer | {ours} | {sp['paper']:.2f} |")
     worst = summary["worst_prediction_error"]
     print("\nWorst planner error per mode: " + ", ".join(f"{m} {100 * e:.1f}%" for m, e in worst.items() if e is not None))
-    mismatched = [k for k, r in rows.items() if r["cpu_equals_meta"] is False]
-    both = [k for k, r in rows.items() if r["cpu_equals_meta"] is not None]
-    print(f"CPU and meta peaks identical at {len(both) - len(mismatched)} of {len(both)} points measured both ways"
+    mismatched = [k for k, r in rows.items() if r["cpu_equals_fake"] is False]
+    both = [k for k, r in rows.items() if r["cpu_equals_fake"] is not None]
+    print(f"CPU and fake-tensor peaks identical at {len(both) - len(mismatched)} of {len(both)} points measured both ways"
           + (f"; differ at {mismatched}" if mismatched else ""))
 
 
@@ -279,7 +299,9 @@ def draw(summary: dict) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--meta-log2", type=int, nargs="*", default=list(range(10, 20)), help="log2 S traced on meta")
+    ap.add_argument("--fake-log2", type=int, nargs="*", default=list(range(10, 19)), help="log2 S traced on fake tensors")
+    ap.add_argument("--fake-log2-baselines", type=int, default=16,
+                    help="trace none/layer/sqrt only up to this log2 S (past the budget for all three)")
     ap.add_argument("--cpu-log2", type=int, nargs="*", default=[10, 11], help="log2 S run on the CPU")
     ap.add_argument("--repeats", type=int, default=3, help="CPU rounds (timing medians)")
     ap.add_argument("--ram-limit-gib", type=float, default=10, help="skip CPU points predicted above this")

@@ -16,33 +16,40 @@ Order of the walk. Forward creates the cells segment by segment, bottom block to
 autograd engine runs the ready node created last first, so backward takes the last segment from
 the top block down, then the segment before, and so on: one cell recomputed at a time.
 
+In multi_axis mode each cell hands its parameter gradients straight to `.grad` (see _stand_ins),
+so train with `loss.backward()`; `torch.autograd.grad` with respect to the parameters does not
+see them. Gradients with respect to inputs, embeddings and initial states are plain autograd.
+
 The cost model. The peak bytes of one training step (forward and backward, gradient buffers
 already allocated, a loss on a few positions) at batch b, sequence S, L layers, blocks of l layers
 and segments of s tokens (nb = ⌈L/l⌉ blocks, ns = ⌈S/s⌉ segments) are the larger of
 
     during backward, at the first cell:
     M(l, s) = b·[ (nb − 1)·S·C_L             hidden + residual entering every block but the first
-                + (ns + 1 + [ns > 1])·L·C_S  the states entering every segment, the final state,
-                                             and the state gradients passed to the previous segment
+                + (ns + [ns > 1])·L·C_S      the states entering every segment, and the state
+                                             gradients passed to the previous segment
                 + l·A(s) + W(s)              the one cell being recomputed: l layers' saved
                                              activations, and one layer's backward working memory
                 + S·C_io ]                   the step's own tensors: embeddings, final hidden, its gradient
               + C_head                       a tied LM head's weight gradient, held until the embedding's
     when backward ends:
-      b·(L·C_S + 2·S·d_model·bytes) + C_end  the embedding's weight gradient is made, and summed
+      b·2·S·d_model·bytes + C_end            the embedding's weight gradient is made, and summed
                                              with the head's when they are tied
 
 The first line is the paper's M(l, s) = (L·S/l)·C_L + (L·S/s)·C_S + l·s·C_grid + s·C_state with the
 counts made exact and the terms that every mode shares written out; A(s) ≈ s·C_grid and
-W(s) ≈ s·C_state, affine in the number of scan chunks in s. `layer` is M(1, S), `sqrt` is
-M(round(√L), S), and `none` keeps everything: L·A(S) + W(S), the states in and out, and S·C_io.
+W(s) ≈ s·C_state, affine in s. `layer` is M(1, S), `sqrt` is
+M(round(√L), S), and `none` keeps everything: L·A(S) + W(S), the initial states, and S·C_io.
+The final states are not counted: a training step that keeps them adds L·C_S.
 
 The constants come from the config and the dtype: C_L = d_model·(bytes of the hidden + bytes of the
 residual), C_S = the bytes of one layer's (conv, ssm) state, C_io = 3·d_model·bytes, C_head =
 vocab·d_model·bytes when the head is tied (else 0), C_end = 3·C_head tied, vocab·d_model·bytes
-untied. A(s) and W(s) are what OUR layer keeps and works with, so they are measured: one layer's
-forward and backward is traced on the `meta` device (shapes, no data; see memory.py) at one and
-two scan chunks. That takes milliseconds and follows any change to the layer's implementation.
+untied. A(s) and W(s) are what OUR layer keeps and works with, so they are measured: the forward
+and backward of one layer and of two are traced on fake tensors (shapes, no data; see memory.py),
+at one and at two scan chunks. That takes a fraction of a second, once per config and dtype, and
+follows any change to the layer's implementation. Autocast is not modelled: under bf16 autocast
+the prediction for float32 is an upper bound.
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .lm import State
 from .mamba2 import Block
-from .memory import _LiveStorages, tensor_bytes
+from .memory import _LiveStorages, tensor_bytes, without_data
 
 MODES = ("none", "layer", "sqrt", "multi_axis")
 
@@ -84,6 +91,9 @@ def make_checkpointing(config, mode="none", layers_per_block=None, tokens_per_se
     if mode == "sqrt":
         return GridCheckpointing(config, layers_per_block=sqrt_block(L), tokens_per_segment=math.inf)
     chunk = config.ssm.chunk_size
+    if budget_bytes is not None and None not in (layers_per_block, tokens_per_segment):
+        raise CheckpointingError("with both layers_per_block and tokens_per_segment given, there is nothing "
+                                 "left to fit to budget_bytes: leave one of them (or both) to the planner")
     if layers_per_block is not None and not 1 <= layers_per_block <= L:
         raise CheckpointingError(f"layers_per_block={layers_per_block} must be between 1 and n_layer={L}")
     if tokens_per_segment is not None and (tokens_per_segment < 1 or tokens_per_segment % chunk):
@@ -106,9 +116,8 @@ def _cell(backbone, hidden, residual, states, layers: range, last: bool, params:
     new_states = []
     for i, (conv, ssm), layer_params in zip(layers, states, params):
         state = (_CompactGradient.apply(conv), ssm)
-        hidden, residual, (conv, ssm) = functional_call(backbone.layers[i], layer_params, (hidden, residual, state))
-        # The conv state is a slice of the conv's whole input; a compact copy lets that input go.
-        new_states.append((conv.contiguous(), ssm))
+        hidden, residual, new_state = functional_call(backbone.layers[i], layer_params, (hidden, residual, state))
+        new_states.append(new_state)
     if last:
         return backbone.final_norm(hidden, residual), None, new_states
     return hidden, residual, new_states
@@ -118,8 +127,8 @@ class _CompactGradient(torch.autograd.Function):
     """Identity whose backward copies the gradient.
 
     The gradient of a conv state arrives as a slice of the gradient of the conv's whole input
-    (b, conv_dim, s + d_conv - 1); it waits for the previous segment's backward, and a copy
-    keeps only its d_conv - 1 columns alive meanwhile.
+    (s + d_conv - 1 positions); it waits for the previous segment's backward, and a copy keeps
+    only its d_conv - 1 positions alive meanwhile.
     """
 
     @staticmethod
@@ -179,9 +188,7 @@ class GridCheckpointing:
         self.layers_per_block = layers_per_block  # None: planned for each call's shape
         self.tokens_per_segment = tokens_per_segment  # math.inf: the whole sequence
         self.budget_bytes = budget_bytes
-        # Parameters used by several segments pass their gradients on cell by cell (see _stand_ins).
-        # They then reach .grad outside autograd's bookkeeping: use loss.backward(), not
-        # torch.autograd.grad, for parameter gradients in this mode.
+        # With segments, parameters are used by several cells: pass their gradients on cell by cell.
         self.direct_gradients = tokens_per_segment != math.inf
 
     def grid(self, seq_len: int, batch: int, dtype) -> tuple[int, int]:
@@ -239,7 +246,7 @@ def plan(config, seq_len: int, batch: int = 1, dtype=torch.float32, budget_bytes
          modes=MODES, layers_per_block=None, tokens_per_segment=None) -> Plan:
     """Choose how to checkpoint a training step of `seq_len` tokens, among `modes`.
 
-    Without a budget: the plan with the lowest predicted peak (a multi_axis grid).
+    Without a budget: the plan with the lowest predicted peak (on a tie, the least recomputation).
     With one: the plan with the least recomputation that fits. "none" recomputes nothing; every
     grid recomputes the forward once, and fewer, larger cells lose less time to per-cell
     overhead, so the fitting grid with the fewest cells wins, then the one with the lower peak.
@@ -334,20 +341,20 @@ class _CostModel:
             one = _trace_layer(self.config, self.dtype, int(np.max(s)))
             return one.saved, one.work
         one, two = _trace_layer(self.config, self.dtype, T), _trace_layer(self.config, self.dtype, 2 * T)
-        extra_chunks = np.ceil(s / T) - 1  # a last partial chunk is padded to a whole one
-        return one.saved + extra_chunks * (two.saved - one.saved), one.work + extra_chunks * (two.work - one.work)
+        extra = (s - T) / T  # in chunks; the scan pads at most one short chunk of its own
+        return one.saved + extra * (two.saved - one.saved), one.work + extra * (two.work - one.work)
 
     def peak(self, l, s, S, recompute=True):
         L, b = self.config.n_layer, self.batch
-        if recompute:  # nb - 1 block boundaries; states into every segment, out, and gradients between segments
+        if recompute:  # nb - 1 block boundaries; the states into every segment, and their gradients
             ns = np.ceil(S / s)
-            stored = (np.ceil(L / l) - 1) * S * self.C_L + (ns + 1 + (ns > 1)) * L * self.C_S
-        else:  # plain autograd: the states in and out
-            stored = 2 * L * self.C_S
+            stored = (np.ceil(L / l) - 1) * S * self.C_L + (ns + (ns > 1)) * L * self.C_S
+        else:  # plain autograd: the initial states
+            stored = L * self.C_S
         A, W = self.layer_bytes(s)
         during = b * (stored + l * A + W + S * self.C_io) + self.C_head
-        # When backward ends: the final states, the output, the embeddings' gradient, the head's.
-        end = b * (L * self.C_S + 2 * S * self.config.d_model * self.B) + self.C_end
+        # When backward ends: the output, the embeddings' gradient, the head's.
+        end = b * 2 * S * self.config.d_model * self.B + self.C_end
         return np.maximum(during, end).astype(np.int64)
 
     def grids(self, S: int, l=None, s=None):
@@ -363,8 +370,8 @@ class _CostModel:
 
 
 class LayerBytes(NamedTuple):
-    saved: int  # activations one layer keeps for backward
-    work: int  # the rest of its peak during backward: gradients in flight, temporaries
+    saved: int  # what one more layer keeps for backward
+    work: int  # the rest of one layer's peak during its backward: gradients in flight, temporaries
     state: int  # its (conv, ssm) state
 
 
@@ -373,19 +380,32 @@ def _trace_layer_cached(config_json: str, dtype, n: int) -> LayerBytes:
     from .config import Mamba2Config
 
     config = Mamba2Config.from_dict(json.loads(config_json))
-    with torch.device("meta"):
-        block = Block(config, 0).to(dtype)
-        hidden = torch.empty(1, n, config.d_model, dtype=dtype, requires_grad=True)
-        residual = torch.empty(1, n, config.d_model, dtype=torch.float32 if config.residual_in_fp32 else dtype,
-                               requires_grad=True)
-        state = block.mixer.empty_state(1, dtype)
-    with _LiveStorages() as meter:
-        hidden_out, residual_out, new_state = block(hidden, residual, state)
-        saved = meter.live - tensor_bytes([hidden_out, residual_out, new_state])
-        torch.autograd.backward([hidden_out, residual_out], [torch.ones_like(hidden_out), torch.ones_like(residual_out)])
-    return LayerBytes(saved, meter.peak - saved, tensor_bytes(state))
+    fake, default = without_data(), torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # fake parameters cannot be converted afterwards: make them in `dtype`
+    try:
+        with fake:
+            blocks = [Block(config, i) for i in range(2)]
+    finally:
+        torch.set_default_dtype(default)
+    # Traced as the dtype says, whatever the caller's grad mode and autocast (an upper bound under bf16 autocast).
+    with fake, torch.enable_grad(), torch.autocast("cpu", enabled=False):
+        state = blocks[0].mixer.empty_state(1, dtype)
+        after_forward, peak = [], []
+        for k in (1, 2):  # one layer and two: their difference is what a layer keeps, wherever it is
+            hidden = torch.empty(1, n, config.d_model, dtype=dtype, requires_grad=True)
+            residual = torch.empty(1, n, config.d_model, dtype=state[1].dtype if config.residual_in_fp32 else dtype,
+                                   requires_grad=True)
+            with _LiveStorages() as meter:
+                outputs = (hidden, residual)
+                for block in blocks[:k]:
+                    *outputs, _ = block(*outputs, state)
+                after_forward.append(meter.live)
+                sum(t.sum() for t in outputs).backward()
+            peak.append(meter.peak)
+    saved = after_forward[1] - after_forward[0]
+    return LayerBytes(saved, peak[0] - saved, tensor_bytes(state))
 
 
 def _trace_layer(config, dtype, n: int) -> LayerBytes:
-    """One layer's memory over n tokens at batch 1, measured on the meta device."""
+    """One layer's memory over n tokens at batch 1, measured on fake tensors."""
     return _trace_layer_cached(json.dumps(config.to_dict(), sort_keys=True), dtype, n)

@@ -1,16 +1,17 @@
 """Tensor memory measured while code runs: the peak, and the timeline of a training step.
 
-CPU (and the `meta` device): a TorchDispatchMode sees every tensor that every operator returns,
-below autograd, so the gradient buffers and the tensors saved for backward are seen too. Each
-storage is counted once, from the operator that creates it until it is freed (a
-`weakref.finalize` on the storage fires when its last tensor or view goes away). We chose this
-over `torch.profiler(profile_memory=True)` because
+CPU: a TorchDispatchMode sees every tensor that every operator returns, below autograd, so the
+gradient buffers and the tensors saved for backward are seen too. Each storage is counted once,
+from the operator that creates it until it is freed (a `weakref.finalize` on the storage fires
+when its last tensor or view goes away). We chose this over `torch.profiler(profile_memory=True)`
+because
   - it is exact and deterministic: live bytes after every operator are the sum of the storages
     that exist, nothing is sampled or inferred from event pairs;
   - its cost is one Python call per operator, where the profiler keeps an event per operator
     and allocation, which does not scale to the millions of operators of a long sequence;
-  - it works on the `meta` device (shapes without data), so the allocation trace of a step
-    too large for this machine's RAM can still be measured, with the same code path.
+  - it works on fake tensors (`without_data()`: shapes, dtypes and devices, no data), so the
+    allocations of a step too large for this machine's RAM or patience are measured on the
+    same code path, operator for operator.
 What it cannot see: scratch buffers that a kernel allocates and frees inside one operator
 (matmul packing, for example). They are short-lived and not what gradient checkpointing trades.
 
@@ -28,6 +29,7 @@ from array import array
 from dataclasses import dataclass
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -66,6 +68,13 @@ class _LiveStorages(TorchDispatchMode):
 
     def _free(self, key):
         self.live -= self.sizes.pop(key)
+
+
+def without_data():
+    """A context in which new tensors are fake: CPU tensors with shapes and dtypes but no data,
+    whose operators only work out their outputs' shapes. Code run inside allocates as it would
+    on the CPU, so the meter measures it, in none of the memory and little of the time."""
+    return FakeTensorMode()
 
 
 def _is_cuda(device) -> bool:

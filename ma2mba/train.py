@@ -56,7 +56,8 @@ class Stage:
     promote_at: float = 0.85
     min_steps: int = 40  # steps at a length before it can be promoted
     replay: float = 0.25  # share of steps that revisit an earlier length
-    tokens_per_step: int = 8192  # video tokens per step; the batch size follows from the length
+    tokens_per_step: int = 8192  # video tokens per step; the batch size follows from the length …
+    max_videos: int = 64  # … up to this many videos
     frames_per_step: int = 96  # the "frames" task's batch
     moments: int = 4  # states per video that questions branch from
     asks_per_step: int = 384  # questions per step, spread over the videos and moments
@@ -64,7 +65,8 @@ class Stage:
     caption_share: float = 0.0  # qa stage: share of timed-caption asks kept from stage 1.5
     upload_share: float = 0.25  # frames rendered at 360p and shrunk, as uploads are
     train_vision: bool = False
-    checkpointing: str = "none"  # gradient checkpointing mode for the LM
+    checkpointing: str = "none"  # gradient checkpointing mode for the LM on long clips …
+    checkpointing_from: int = 0  # … of at least this many seconds (shorter ones need none)
     warmup: int = 50
 
 
@@ -74,7 +76,7 @@ RECIPES = {
         Stage("align", "frames", steps=600, lr=2e-3, warmup=50),
         Stage("captions", "captions", steps=500, lr=1e-3, lengths=(16, 32, 64, 128), moments=6, asks_per_step=192),
         Stage("qa", "qa", steps=4000, lr=1e-3, lengths=(16, 32, 64, 128, 256, 512, 768),
-              caption_share=0.1, checkpointing="multi_axis"),
+              caption_share=0.1, checkpointing="multi_axis", checkpointing_from=512),
     ],
     # A few steps of everything: the tests and `--recipe smoke` use it to exercise the whole loop.
     "smoke": [
@@ -225,22 +227,24 @@ class Trainer:
 
     def _video_batch(self, stage: Stage, length: int):
         """Videos of `length` seconds, with questions asked at several moments of each."""
-        batch = max(1, stage.tokens_per_step // (length * self.model.tokens_per_frame))
+        batch = max(1, min(stage.max_videos, stage.tokens_per_step // (length * self.model.tokens_per_frame)))
         inner = self.rng.choice(np.arange(1, length), size=min(stage.moments - 1, length - 1), replace=False)
         moments = sorted(set(inner.tolist()) | {length})
-        per_moment = max(1, round(stage.asks_per_step / (batch * len(moments))))
-        frames, asks = [], []
-        for b in range(batch):
-            video = self._video(length)
-            frames.append(self._render(video, range(length), stage))
-            for j, m in enumerate(moments):
-                as_of = m - 1  # the moment's last frame is shown at second m - 1
-                n_caption = per_moment if stage.task == "captions" else \
-                    int(self.rng.binomial(per_moment, stage.caption_share))
-                asks += [Ask(b, j, CAPTION_QUESTION, caption_answer(video, as_of), "caption")] * n_caption
-                for qa in video.questions(self.rng, n=per_moment - n_caption, as_of=as_of):
-                    asks.append(Ask(b, j, qa.question, qa.answer, qa.kind_of_question))
-        return np.stack(frames), np.arange(length), moments, asks
+        # asks_per_step questions, spread evenly over (video, moment) slots
+        slots = [(b, j) for b in range(batch) for j in range(len(moments))]
+        per_slot = np.zeros(len(slots), dtype=int)
+        order = self.rng.permutation(len(slots))
+        np.add.at(per_slot, order[np.arange(stage.asks_per_step) % len(slots)], 1)
+        videos = [self._video(length) for _ in range(batch)]
+        frames = np.stack([self._render(v, range(length), stage) for v in videos])
+        asks = []
+        for (b, j), n in zip(slots, per_slot):
+            video, as_of = videos[b], moments[j] - 1  # the moment's last frame is shown at second m - 1
+            n_caption = n if stage.task == "captions" else int(self.rng.binomial(n, stage.caption_share))
+            asks += [Ask(b, j, CAPTION_QUESTION, caption_answer(video, as_of), "caption")] * min(n_caption, 1)
+            for qa in video.questions(self.rng, n=n - min(n_caption, 1), as_of=as_of):
+                asks.append(Ask(b, j, qa.question, qa.answer, qa.kind_of_question))
+        return frames, np.arange(length), moments, asks
 
     # --- steps ---
     def _optimise(self, stage: Stage, loss: torch.Tensor) -> float:
@@ -273,6 +277,7 @@ class Trainer:
         else:
             length = self.curriculum.length(self.rng)
             frames, times, moments, asks = self._video_batch(stage, length)
+        model.lm.set_checkpointing(stage.checkpointing if length >= stage.checkpointing_from else "none")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             visual = visual_tokens(model, frames, train_vision=stage.train_vision)  # (B, N, k, d)
             tokens = model.frame_embeds(visual, times)  # (B, N, 1 + k, d)
@@ -321,7 +326,6 @@ class Trainer:
                 stage = self.stage
                 self.model.train()
                 self.model.vision.train(stage.train_vision)
-                self.model.lm.set_checkpointing(stage.checkpointing)
                 bar = tqdm(total=stage.steps, initial=self.step, desc=f"stage {stage.name}", disable=not progress)
                 while self.step < stage.steps and not self._stop:
                     record = self.train_step(stage)
