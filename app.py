@@ -388,13 +388,16 @@ def lab_sweep(modes, preset_name):
     yield gr.skip(), "Sweep done: one forward + backward per point, measured by ma2mba.memory; predicted by the planner."
 
 
+REACH_COLUMNS = ["mode", "longest sequence (tokens)", "longest clip at 1 FPS"]
+
+
 def lab_budget(budget_gib, preset_name):
     try:
         reach = lab.longest_clips(preset_name, float(budget_gib or 0) * 2**30)
     except lab.LabError as e:
         raise user_error(e) from None
-    return pd.DataFrame([{"mode": lab.MODE_LABELS[r.mode], "longest sequence (tokens)": r.tokens,
-                          "longest clip at 1 FPS": fmt_clock(r.seconds) if r.seconds else "—"} for r in reach])
+    return pd.DataFrame([[lab.MODE_LABELS[r.mode], r.tokens, fmt_clock(r.seconds) if r.seconds else "—"] for r in reach],
+                        columns=REACH_COLUMNS)
 
 
 # --- Model tab ---
@@ -569,10 +572,12 @@ def build_demo() -> gr.Blocks:
             gr.HTML(legend_html(MODE_COLORS, " · dark: measured, light: predicted by the planner"))
             sweep_plot = line_plot("tokens", "MiB", "series", SWEEP_COLORS, "lab-sweep-plot",
                                    "Peak memory of a training step against sequence length")
-            with gr.Row():
+            with gr.Row(equal_height=True):
                 budget = gr.Number(16, label="Memory budget for activations (GiB)", minimum=0.001)
                 budget_preset = gr.Dropdown(list(lab.PRESETS), value="paper 2.7B", label="Model size")
-            reach = gr.Dataframe(label="Longest clip each mode can train within the budget (planner)",
+                reach_btn = gr.Button("Longest clip per mode", elem_id="lab-reach-button")
+            reach = gr.Dataframe(pd.DataFrame(columns=REACH_COLUMNS),
+                                 label="Longest clip each mode can train within the budget (planner)",
                                  interactive=False, elem_id="lab-reach")
 
             lab_args = dict(concurrency_limit=1, concurrency_id="lab", show_progress="minimal", time_limit=600)
@@ -582,7 +587,8 @@ def build_demo() -> gr.Blocks:
                                           api_name="lab_sweep", **lab_args)
             cancel.click(lambda: "Cancelled.", None, [lab_status], cancels=[train_event, sweep_event],
                          api_visibility="private")
-            demo.load(lab_budget, [budget, budget_preset], [reach], api_name="lab_budget")
+            # The planner traces a layer once per model size (seconds), then answers in milliseconds.
+            reach_btn.click(lab_budget, [budget, budget_preset], [reach], api_name="lab_budget")
             for trigger in (budget.submit, budget_preset.change):
                 trigger(lab_budget, [budget, budget_preset], [reach], api_visibility="private")
 

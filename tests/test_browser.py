@@ -109,4 +109,7 @@ def test_memory_lab_shows_a_curve_for_each_mode(page):
     series = page.locator("#lab-sweep-plot g.mark-line path")
     labels = {series.nth(i).get_attribute("aria-label").split("series: ")[1] for i in range(4)}
     assert labels == {"none · measured", "none · predicted", "MA-GC · measured", "MA-GC · predicted"}
+
+    page.locator("#lab-reach-button").click()  # 16 GiB for Mamba2-2.7B at 145 tokens per frame
+    page.wait_for_selector("#lab-reach :text('MA-GC')")
     save_screenshot(page, SCREENSHOTS["lab"])
