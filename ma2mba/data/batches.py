@@ -50,11 +50,21 @@ def pixels(frames: np.ndarray, device=None) -> torch.Tensor:
 
 
 def visual_tokens(model: VideoMa2mba, frames: np.ndarray, train_vision: bool) -> torch.Tensor:
-    """frames (B, N, S, S, 3) uint8 -> projected visual tokens (B, N, k, d)."""
+    """frames (B, N, S, S, 3) uint8 -> projected visual tokens (B, N, k, d).
+
+    A frozen encoder sees each distinct frame once: long ShapeWorld videos are mostly a scene's
+    empty background, the same pixels again and again.
+    """
     b, n = frames.shape[:2]
-    x = pixels(frames.reshape(b * n, *frames.shape[2:]), model.device)
-    with torch.set_grad_enabled(train_vision and torch.is_grad_enabled()):
-        feats = model.vision(x)  # (B*N, k, C)
+    flat = frames.reshape(b * n, *frames.shape[2:])
+    if train_vision and torch.is_grad_enabled():
+        feats = model.vision(pixels(flat, model.device))  # (B*N, k, C)
+    else:
+        first: dict[bytes, int] = {}  # frame bytes -> index of its distinct frame
+        inverse = np.array([first.setdefault(f.tobytes(), len(first)) for f in flat])
+        distinct = flat[np.unique(inverse, return_index=True)[1]]  # first occurrences, in index order
+        with torch.no_grad():
+            feats = model.vision(pixels(distinct, model.device))[torch.from_numpy(inverse).to(model.device)]
     return model.projector(feats).unflatten(0, (b, n))
 
 
