@@ -408,7 +408,7 @@ def model_card(model_name) -> str:
     folder = Path(model_name) if model_name and Path(model_name).is_dir() else PACKAGED_MODEL_DIR
     card = folder / "README.md"
     cfg = model.config
-    facts = (f"| | |\n|---|---|\n| language model | Mamba-2, {cfg.lm.n_layer} layers × d_model {cfg.lm.d_model}, "
+    facts = (f"| | this model |\n|---|---|\n| language model | Mamba-2, {cfg.lm.n_layer} layers × d_model {cfg.lm.d_model}, "
              f"d_state {cfg.lm.ssm.d_state} |\n| frame encoder | {cfg.vision.kind}, {model.tokens_per_frame} tokens per frame "
              f"(time marker + {model.tokens_per_frame - 1}) |\n| parameters | {count_parameters(model) / 1e6:.2f} M |\n"
              f"| recurrent state | {fmt_bytes(lab.state_bytes(cfg.lm))}, whatever the video's length |\n")
