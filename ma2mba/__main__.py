@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 
 
@@ -21,8 +22,10 @@ def chat(args) -> int:
     except (VideoError, ModelNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    source = lambda after, until: (  # re-decode for rewinds past the cached frames
-        (t, f) for t, f in sample_frames(args.video, fps=args.fps, max_seconds=until + 1) if after < t <= until)
+    def source(after, until):  # re-decodes the frames of a rewind past the cached ones
+        frames = sample_frames(args.video, fps=args.fps, max_seconds=args.max_seconds)
+        return ((t, f) for t, f in itertools.takewhile(lambda tf: tf[0] <= until, frames) if t > after)
+
     session = model.start_session(frame_source=source)
     total = int(info.duration * args.fps) + 1 if info.duration else None
     try:
