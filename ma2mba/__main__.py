@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import sys
 
 
@@ -27,7 +28,7 @@ def chat(args) -> int:
         return ((t, f) for t, f in itertools.takewhile(lambda tf: tf[0] <= until, frames) if t > after)
 
     session = model.start_session(frame_source=source)
-    total = int(info.duration * args.fps) + 1 if info.duration else None
+    total = math.ceil(info.duration * args.fps) if info.duration else None
     try:
         with tqdm(total=total, unit="frame", desc="watching") as bar:
             for t, frame in sample_frames(args.video, fps=args.fps, max_seconds=args.max_seconds):
