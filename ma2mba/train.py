@@ -75,8 +75,9 @@ RECIPES = {
         Stage("vision", "kinds", steps=1200, lr=2e-3, frames_per_step=128, train_vision=True, warmup=50),
         Stage("align", "frames", steps=600, lr=2e-3, warmup=50),
         Stage("captions", "captions", steps=200, lr=1e-3, lengths=(16, 32, 64, 128), moments=6, asks_per_step=192),
-        Stage("qa", "qa", steps=4000, lr=1e-3, lengths=(16, 32, 64, 128, 256, 512, 768),
-              caption_share=0.1, checkpointing="multi_axis", checkpointing_from=512),
+        Stage("qa", "qa", steps=2500, lr=1e-3, lengths=(16, 32, 64, 128, 256, 512, 768), promote_at=0.8,
+              tokens_per_step=4096, asks_per_step=256, caption_share=0.1,
+              checkpointing="multi_axis", checkpointing_from=512),
     ],
     # A few steps of everything: the tests and `--recipe smoke` use it to exercise the whole loop.
     "smoke": [
