@@ -318,19 +318,40 @@ def no_checkpoint(fn, *args, **kwargs):
     return fn(*args)
 
 
-def ablation_steps():
+def ablation_steps(lm):
     """Cumulative: each step adds one change to the one before; the last is ma2mba as it is."""
     from ma2mba import mamba2, ssd
 
-    return [
+    whole = {(lm.backbone, "segment_tokens"): 1 << 40}  # one segment however long the input
+    steps = [
         ("paper listing scan, autograd backward (T=256)", {(mamba2, "ssd_scan"): listing_scan, (ssd, "CPU_MAX_CHUNK"): 256,
                                                            (mamba2, "causal_conv1d"): torch_conv1d, (mamba2, "checkpoint"): no_checkpoint}),
         ("+ ChunkedScan: hand-written backward (T=256)", {(ssd, "CPU_MAX_CHUNK"): 256, (mamba2, "causal_conv1d"): torch_conv1d,
                                                           (mamba2, "checkpoint"): no_checkpoint}),
         ("+ chunks of 64 on CPU", {(mamba2, "causal_conv1d"): torch_conv1d, (mamba2, "checkpoint"): no_checkpoint}),
         ("+ causal conv as taps with its own backward", {(mamba2, "checkpoint"): no_checkpoint}),
-        ("+ recompute the mixer interior in backward (= ma2mba)", {}),
+        ("+ recompute the mixer interior in backward", {}),
     ]
+    return [(label, {**whole, **patches}) for label, patches in steps] + [("+ segments of 2048 positions (= ma2mba)", {})]
+
+
+def patched(patches):
+    """Set attributes for the duration of a call: patched({(obj, name): value, ...})(fn)()."""
+
+    def wrap(fn):
+        def run():
+            originals = {key: getattr(*key) for key in patches}
+            for (obj, name), value in patches.items():
+                setattr(obj, name, value)
+            try:
+                return fn()
+            finally:
+                for (obj, name), value in originals.items():
+                    setattr(obj, name, value)
+
+        return run
+
+    return wrap
 
 
 def saved_bytes_per_token(lm, ids):
@@ -349,25 +370,29 @@ def saved_bytes_per_token(lm, ids):
     return sum(seen.values()) / ids.shape[1]
 
 
-def ablation_section(length, repeats):
+def ablation_section(length, repeats, long_length=16384):
     lm = build_lm("130m_4_layers")
     ids = torch.randint(0, VOCAB, (1, length))
     rows = []
-    for label, patches in ablation_steps():
-        originals = {key: getattr(*key) for key in patches}
-        for (module, attr), value in patches.items():
-            setattr(module, attr, value)
-        try:
-            seconds = median_seconds({kind: lm_runner(lambda x: lm(x).logits, ids, "fp32", backward)
-                                      for kind, backward in (("fwd", False), ("fwd_bwd", True))}, repeats)
-            saved = saved_bytes_per_token(lm, ids) / lm.config.n_layer
-        finally:
-            for (module, attr), value in originals.items():
-                setattr(module, attr, value)
-        rows.append(dict(step=label, fwd_tok_s=length / seconds["fwd"], fwd_bwd_tok_s=length / seconds["fwd_bwd"],
+    for label, patches in ablation_steps(lm):
+        seconds = median_seconds({kind: patched(patches)(lm_runner(lambda x: lm(x).logits, ids, "fp32", backward))
+                                  for kind, backward in (("fwd", False), ("fwd_bwd", True))}, repeats)
+        saved = patched(patches)(lambda: saved_bytes_per_token(lm, ids))() / lm.config.n_layer
+        rows.append(dict(step=label, length=length, fwd_tok_s=length / seconds["fwd"], fwd_bwd_tok_s=length / seconds["fwd_bwd"],
                          saved_bytes_per_token_per_layer=saved))
         print(f"  ablation {label:55s} fwd {rows[-1]['fwd_tok_s']:7.1f} tok/s  fwd+bwd {rows[-1]['fwd_bwd_tok_s']:7.1f} tok/s"
               f"  kept for backward {saved / 1024:5.1f} KiB/token/layer", flush=True)
+    # Segments matter most for long inputs: one 16k-token segment against segments of 2048, in turns.
+    ids = torch.randint(0, VOCAB, (1, long_length))
+    one_segment = patched({(lm.backbone, "segment_tokens"): 1 << 40})
+    for dtype_name, backward in (("bf16", False), ("fp32", True)):
+        run = lm_runner(lambda x: lm(x).logits, ids, dtype_name, backward)
+        seconds = median_seconds({"one": one_segment(run), "segments": run}, max(1, repeats - 1))
+        rows.append(dict(step=f"segments of 2048 at {long_length} tokens, {dtype_name} {'fwd+bwd' if backward else 'fwd'}",
+                         length=long_length, one_segment_tok_s=long_length / seconds["one"],
+                         segments_tok_s=long_length / seconds["segments"]))
+        print(f"  ablation {rows[-1]['step']}: one segment {rows[-1]['one_segment_tok_s']:.0f} tok/s,"
+              f" segments {rows[-1]['segments_tok_s']:.0f} tok/s", flush=True)
     return rows
 
 
@@ -456,9 +481,13 @@ def markdown(results) -> str:
               [(r["impl"] + (" (extrapolated)" if r["extrapolated"] else ""), r["dtype"], r["length"],
                 f"{r['fwd_us_per_token']:.1f}", f"{r['fwd_bwd_us_per_token']:.1f}") for r in results["scan"]])
     if "ablation" in results:
+        steps = [r for r in results["ablation"] if "fwd_tok_s" in r]
         table(["130m shape, 4 layers, 4096 tokens, fp32", "fwd tok/s", "fwd+bwd tok/s", "kept for backward, KiB/token/layer"],
               [(r["step"], f"{r['fwd_tok_s']:.0f}", f"{r['fwd_bwd_tok_s']:.0f}", f"{r['saved_bytes_per_token_per_layer'] / 1024:.1f}")
-               for r in results["ablation"]])
+               for r in steps])
+        long = [r for r in results["ablation"] if "segments_tok_s" in r]
+        table(["130m shape, 4 layers", "one segment, tok/s", "segments of 2048, tok/s"],
+              [(r["step"], f"{r['one_segment_tok_s']:.0f}", f"{r['segments_tok_s']:.0f}") for r in long])
     if "memory" in results:
         rows, previous = [], None
         for r in results["memory"]:
