@@ -7,15 +7,23 @@ Sections (run all, or some with --only):
             segsum, below), transformers' Mamba2 torch scan, and the token-by-token recurrence
             (run on a short length and extrapolated per token).
   model     Mamba2LM tokens/s, forward and forward+backward, fp32 and bf16 autocast, at lengths
-            1k/4k/16k, for d_model 256 × 8 layers and the mamba2-130m shape (768 × 24 layers),
-            with % of the matmul roofline measured right before each row; and decoding by `step`.
-  hf        The same LM in transformers' Mamba2ForCausalLM (torch path) next to ours, same run.
+            1k/4k/16k: d_model 256 × 8 layers, and the mamba2-130m shape (d_model 768, headdim 64,
+            state 128) run at 4 of its 24 layers (per-layer cost does not depend on depth; the
+            24-layer tokens/s is about a sixth, slightly more since the LM head is counted once);
+            % of the matmul roofline measured in turns with each row; decoding by `step`.
+  hf        The same LMs in transformers' Mamba2ForCausalLM (its torch path), in turns with ours.
+  ablation  What bought what: the 130m-shape model at 4k tokens (fp32), changes added one by one.
   memory    Peak forward memory vs length (fresh process per length: peak RSS minus RSS before).
 
-The vocabulary is 1024 (not 50k): the LM head is not what is measured. Timings are medians over
---repeats runs after a warm-up; on a shared machine compare ratios taken in the same run.
+The vocabulary is 1024 (not 50k): the LM head is not what is measured. Timings are medians of
+--repeats runs after a warm-up, each implementation run in turns with the others.
 
-    python benchmarks/ssd_speed.py                   # everything (~15-30 min on 2 busy cores)
+Threads: this machine is shared by several jobs. With 2 threads every small op waits for a second
+core that another job holds, and timings swing 3-10x; one thread (the default here) gives stable
+per-core numbers, and the roofline is measured with the same thread count. On a quiet machine,
+--threads 2 measures both cores.
+
+    python benchmarks/ssd_speed.py                   # everything (~20 min on one busy core)
     python benchmarks/ssd_speed.py --only scan,hf    # some sections; results/ssd_speed.json is merged
 """
 
@@ -42,7 +50,7 @@ from ma2mba import Mamba2Config, Mamba2LM  # noqa: E402
 from ma2mba.ssd import discretize_dt, ssd_naive, ssd_scan  # noqa: E402
 
 VOCAB = 1024
-CONFIGS = {"256x8": dict(d_model=256, n_layer=8), "130m": dict(d_model=768, n_layer=24)}
+CONFIGS = {"256x8": dict(d_model=256, n_layer=8), "130m_4_layers": dict(d_model=768, n_layer=4)}
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 
@@ -208,14 +216,7 @@ def lm_runner(forward, ids, dtype_name, backward):
     return run
 
 
-def training_bytes_estimate(config: Mamba2Config, length: int) -> int:
-    """What fwd+bwd keeps per token and layer (fp32): residual + in_proj input (2·d_model),
-    in_proj output (d_in_proj), out_proj input (d_inner)."""
-    s = config.ssm
-    return 4 * length * config.n_layer * (2 * config.d_model + s.d_in_proj + s.d_inner)
-
-
-def model_section(lengths, repeats, max_training_bytes):
+def model_section(lengths, repeats):
     rows = []
     for name in CONFIGS:
         lm = build_lm(name)
@@ -224,15 +225,9 @@ def model_section(lengths, repeats, max_training_bytes):
             for length in lengths:
                 ids = torch.randint(0, VOCAB, (1, length))
                 row = dict(config=name, dtype=dtype_name, length=length, matmul_flops_per_token=flops)
-                fwd_bwd_model = lm
-                if training_bytes_estimate(lm.config, length) > max_training_bytes:
-                    # Too big for this shared machine: run 4 of the layers and scale to all of them.
-                    fwd_bwd_model = build_lm(name, 4)
-                    row["fwd_bwd_layers_run"] = 4
                 fns = dict(matmuls(), fwd=lm_runner(lambda x: lm(x).logits, ids, dtype_name, False),
-                           fwd_bwd=lm_runner(lambda x: fwd_bwd_model(x).logits, ids, dtype_name, True))
+                           fwd_bwd=lm_runner(lambda x: lm(x).logits, ids, dtype_name, True))
                 seconds = median_seconds(fns, repeats if length < 16384 else 1)
-                seconds["fwd_bwd"] *= lm.config.n_layer / fwd_bwd_model.config.n_layer
                 row.update(gflops(seconds))
                 for kind, passes in (("fwd", 1), ("fwd_bwd", 3)):
                     row[f"{kind}_tok_s"] = length / seconds[kind]
@@ -241,7 +236,7 @@ def model_section(lengths, repeats, max_training_bytes):
                     row[f"{kind}_pct_bf16_roofline"] = 100 * achieved / row["bf16_gflops"]
                 rows.append(row)
                 print(f"  model {name:6s} {dtype_name} L={length:6d}  " + "  ".join(
-                    f"{k} {v:.1f}" for k, v in row.items() if k.endswith(("tok_s", "roofline", "gflops", "run"))), flush=True)
+                    f"{k} {v:.1f}" for k, v in row.items() if k.endswith(("tok_s", "roofline", "gflops"))), flush=True)
             # Decoding: the recurrence one token at a time (what a chat answer runs).
             state, ids = lm.empty_state(1), torch.randint(0, VOCAB, (64,))
 
@@ -273,16 +268,14 @@ def hf_lm(ours: Mamba2LM):
 
 
 def hf_section(lengths, repeats):
-    """130m is run at 4 of its 24 layers: transformers keeps the (T, T) chunk matrices of every layer
-    for backward (~0.6 GB per layer at 4k tokens), more than this shared machine has."""
     rows = []
-    for name, n_layer in (("256x8", None), ("130m", 4)):
-        ours = build_lm(name, n_layer)
+    for name in CONFIGS:
+        ours = build_lm(name)
         theirs = hf_lm(ours)
         for dtype_name in DTYPES:
             for length in lengths:
                 ids = torch.randint(0, VOCAB, (1, length))
-                row = dict(config=name, n_layer=ours.config.n_layer, dtype=dtype_name, length=length)
+                row = dict(config=name, dtype=dtype_name, length=length)
                 for kind, backward in (("fwd", False), ("fwd_bwd", True)):
                     theirs.train(backward)
                     seconds = median_seconds({
@@ -293,29 +286,143 @@ def hf_section(lengths, repeats):
                                 f"{kind}_tok_s_transformers": length / seconds["transformers"],
                                 f"{kind}_speedup": seconds["transformers"] / seconds["ma2mba"]})
                 rows.append(row)
-                print(f"  hf {name:6s}x{ours.config.n_layer} {dtype_name} L={length:5d}  fwd speedup {row['fwd_speedup']:.2f}x"
+                print(f"  hf {name:14s} {dtype_name} L={length:5d}  fwd speedup {row['fwd_speedup']:.2f}x"
                       f"  fwd+bwd speedup {row['fwd_bwd_speedup']:.2f}x", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------- ablation
+def torch_conv1d(x, weight, bias, conv_state):
+    """The depthwise conv as torch's grouped conv1d (what ma2mba replaced): x (b, l, dim)."""
+    w = weight.shape[-1]
+    xs = torch.cat([conv_state.to(x.dtype), x.transpose(1, 2)], dim=-1)  # (b, dim, w - 1 + l)
+    y = F.conv1d(xs, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), groups=x.shape[-1])
+    return y.transpose(1, 2), xs[..., xs.shape[-1] - (w - 1):].clone()
+
+
+def listing_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=True, dt_limit=(0.0, math.inf),
+                 initial_state=None):
+    """ssd_scan's signature on top of the paper's listing, differentiated by autograd (block 256)."""
+    b, l, h, p = x.shape
+    dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)
+    Bh, Ch = (t.repeat_interleave(h // B.shape[2], dim=2) for t in (B, C))
+    T = min(256, l)
+    pad = (-l) % T
+    X, dA, Bh, Ch = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x * dt[..., None].to(x.dtype), dt * A, Bh, Ch))
+    y, final = listing_ssd(X, dA, Bh, Ch, block_len=T, initial_states=None if initial_state is None else initial_state[:, None])
+    y = y[:, :l].to(x.dtype) + x * D[:, None].to(x.dtype)
+    return y, final
+
+
+def no_checkpoint(fn, *args, **kwargs):
+    return fn(*args)
+
+
+def ablation_steps(lm):
+    """Cumulative: each step adds one change to the one before; the last is ma2mba as it is."""
+    from ma2mba import mamba2, ssd
+
+    whole = {(lm.backbone, "segment_tokens"): 1 << 40}  # one segment however long the input
+    steps = [
+        ("paper listing scan, autograd backward (T=256)", {(mamba2, "ssd_scan"): listing_scan, (ssd, "CPU_MAX_CHUNK"): 256,
+                                                           (mamba2, "causal_conv1d"): torch_conv1d, (mamba2, "checkpoint"): no_checkpoint}),
+        ("+ ChunkedScan: hand-written backward (T=256)", {(ssd, "CPU_MAX_CHUNK"): 256, (mamba2, "causal_conv1d"): torch_conv1d,
+                                                          (mamba2, "checkpoint"): no_checkpoint}),
+        ("+ chunks of 64 on CPU", {(mamba2, "causal_conv1d"): torch_conv1d, (mamba2, "checkpoint"): no_checkpoint}),
+        ("+ causal conv as taps with its own backward", {(mamba2, "checkpoint"): no_checkpoint}),
+        ("+ recompute the mixer interior in backward", {}),
+    ]
+    return [(label, {**whole, **patches}) for label, patches in steps] + [("+ segments of 2048 positions (= ma2mba)", {})]
+
+
+def patched(patches):
+    """Set attributes for the duration of a call: patched({(obj, name): value, ...})(fn)()."""
+
+    def wrap(fn):
+        def run():
+            originals = {key: getattr(*key) for key in patches}
+            for (obj, name), value in patches.items():
+                setattr(obj, name, value)
+            try:
+                return fn()
+            finally:
+                for (obj, name), value in originals.items():
+                    setattr(obj, name, value)
+
+        return run
+
+    return wrap
+
+
+def saved_bytes_per_token(lm, ids):
+    """Bytes that autograd keeps for backward (parameters excluded), per token."""
+    params = {p.untyped_storage().data_ptr() for p in lm.parameters()}
+    seen = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        lm(ids)
+    return sum(seen.values()) / ids.shape[1]
+
+
+def ablation_section(length, repeats, long_length=16384):
+    lm = build_lm("130m_4_layers")
+    ids = torch.randint(0, VOCAB, (1, length))
+    rows = []
+    for label, patches in ablation_steps(lm):
+        seconds = median_seconds({kind: patched(patches)(lm_runner(lambda x: lm(x).logits, ids, "fp32", backward))
+                                  for kind, backward in (("fwd", False), ("fwd_bwd", True))}, repeats)
+        saved = patched(patches)(lambda: saved_bytes_per_token(lm, ids))() / lm.config.n_layer
+        rows.append(dict(step=label, length=length, fwd_tok_s=length / seconds["fwd"], fwd_bwd_tok_s=length / seconds["fwd_bwd"],
+                         saved_bytes_per_token_per_layer=saved))
+        print(f"  ablation {label:55s} fwd {rows[-1]['fwd_tok_s']:7.1f} tok/s  fwd+bwd {rows[-1]['fwd_bwd_tok_s']:7.1f} tok/s"
+              f"  kept for backward {saved / 1024:5.1f} KiB/token/layer", flush=True)
+    # Segments matter most for long inputs: one 16k-token segment against segments of 2048, in turns.
+    ids = torch.randint(0, VOCAB, (1, long_length))
+    one_segment = patched({(lm.backbone, "segment_tokens"): 1 << 40})
+    for dtype_name, backward in (("bf16", False), ("fp32", True)):
+        run = lm_runner(lambda x: lm(x).logits, ids, dtype_name, backward)
+        seconds = median_seconds({"one": one_segment(run), "segments": run}, max(1, repeats - 1))
+        rows.append(dict(step=f"segments of 2048 at {long_length} tokens, {dtype_name} {'fwd+bwd' if backward else 'fwd'}",
+                         length=long_length, one_segment_tok_s=long_length / seconds["one"],
+                         segments_tok_s=long_length / seconds["segments"]))
+        print(f"  ablation {rows[-1]['step']}: one segment {rows[-1]['one_segment_tok_s']:.0f} tok/s,"
+              f" segments {rows[-1]['segments_tok_s']:.0f} tok/s", flush=True)
     return rows
 
 
 # ---------------------------------------------------------------- memory
 MEASURE_FORWARD_PEAK = """
-import resource, sys, torch
+import sys, torch
+from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from benchmarks.ssd_speed import build_lm
+torch.set_num_threads(1)
 lm = build_lm(sys.argv[2])
 ids = torch.randint(0, 1024, (1, int(sys.argv[3])))
-rss_peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def status_bytes(field):  # this process's VmRSS (now) or VmHWM (peak), from /proc
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field))
+    return int(line.split()[1]) * 1024
+
+
 with torch.no_grad():
     lm(ids[:, :64])  # settle lazy allocations
-    before = rss_peak()
+    before = status_bytes("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak to now
     lm(ids)
-print(rss_peak() - before)
+print(status_bytes("VmHWM") - before)
 """
 
 
 def forward_peak_bytes(name, length):
-    """One no-grad forward in a fresh process: peak RSS minus the peak before it."""
+    """One no-grad forward in a fresh process: peak RSS during it minus RSS before it (Linux)."""
     out = subprocess.run([sys.executable, "-c", MEASURE_FORWARD_PEAK, str(ROOT), name, str(length)],
                          capture_output=True, text=True, check=True)
     return int(out.stdout.split()[-1])
@@ -324,26 +431,90 @@ def forward_peak_bytes(name, length):
 def memory_section(lengths):
     rows = []
     for length in lengths:
-        peak = forward_peak_bytes("130m", length)
-        rows.append(dict(config="130m", length=length, fwd_peak_bytes=peak, bytes_per_token=peak / length))
-        print(f"  memory 130m L={length:6d}  forward peak {peak / 2**20:8.1f} MiB  {peak / length / 1024:6.1f} KiB/token", flush=True)
+        peak = forward_peak_bytes("130m_4_layers", length)
+        rows.append(dict(config="130m_4_layers", length=length, fwd_peak_bytes=peak, bytes_per_token=peak / length))
+        print(f"  memory 130m_4_layers L={length:6d}  forward peak {peak / 2**20:8.1f} MiB  {peak / length / 1024:6.1f} KiB/token", flush=True)
     return rows
+
+
+def cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def markdown(results) -> str:
+    """The tables of benchmarks/ssd_speed.md, from the JSON."""
+    out = []
+
+    def table(header, rows):
+        out.append("| " + " | ".join(header) + " |")
+        out.append("|" + "---|" * len(header))
+        out.extend("| " + " | ".join(str(v) for v in row) + " |" for row in rows)
+        out.append("")
+
+    m = results.get("machine", {})
+    out.append(f"Measured on {m.get('cpu')} ({m.get('cores')} cores), {m.get('threads')} thread(s), torch {m.get('torch')}, "
+               f"load average {', '.join(f'{v:.1f}' for v in m.get('load_average', []))}.\n")
+    if "roofline" in results:
+        r = results["roofline"]
+        out.append(f"Matmul roofline (4096×768 · 768×3352): fp32 {r['fp32_gflops']:.0f} GFLOP/s, bf16 {r['bf16_gflops']:.0f} GFLOP/s.\n")
+    if "model" in results:
+        rows = [r for r in results["model"] if r.get("mode") != "step"]
+        table(["config", "dtype", "tokens", "fwd tok/s", "fwd+bwd tok/s", "fwd % fp32 roof", "fwd+bwd % fp32 roof",
+               "fwd+bwd % bf16 roof", "roofline fp32/bf16 GFLOP/s"],
+              [(r["config"], r["dtype"], r["length"], f"{r['fwd_tok_s']:.0f}", f"{r['fwd_bwd_tok_s']:.0f}",
+                f"{r['fwd_pct_fp32_roofline']:.0f}%", f"{r['fwd_bwd_pct_fp32_roofline']:.0f}%",
+                f"{r['fwd_bwd_pct_bf16_roofline']:.0f}%", f"{r['fp32_gflops']:.0f} / {r['bf16_gflops']:.0f}") for r in rows])
+        steps = [r for r in results["model"] if r.get("mode") == "step"]
+        table(["config", "dtype", "decoding with `step`, tok/s"], [(r["config"], r["dtype"], f"{r['fwd_tok_s']:.1f}") for r in steps])
+    if "hf" in results:
+        table(["config", "dtype", "tokens", "fwd tok/s ma2mba", "fwd tok/s transformers", "fwd speed-up",
+               "fwd+bwd tok/s ma2mba", "fwd+bwd tok/s transformers", "fwd+bwd speed-up"],
+              [(r["config"], r["dtype"], r["length"], f"{r['fwd_tok_s_ma2mba']:.0f}", f"{r['fwd_tok_s_transformers']:.0f}",
+                f"**{r['fwd_speedup']:.2f}×**", f"{r['fwd_bwd_tok_s_ma2mba']:.0f}", f"{r['fwd_bwd_tok_s_transformers']:.0f}",
+                f"**{r['fwd_bwd_speedup']:.2f}×**") for r in results["hf"]])
+    if "scan" in results:
+        table(["scan (one 130m layer: 24 heads × 64, state 128)", "dtype", "tokens run", "fwd µs/token", "fwd+bwd µs/token"],
+              [(r["impl"] + (" (extrapolated)" if r["extrapolated"] else ""), r["dtype"], r["length"],
+                f"{r['fwd_us_per_token']:.1f}", f"{r['fwd_bwd_us_per_token']:.1f}") for r in results["scan"]])
+    if "ablation" in results:
+        steps = [r for r in results["ablation"] if "fwd_tok_s" in r]
+        table(["130m shape, 4 layers, 4096 tokens, fp32", "fwd tok/s", "fwd+bwd tok/s", "kept for backward, KiB/token/layer"],
+              [(r["step"], f"{r['fwd_tok_s']:.0f}", f"{r['fwd_bwd_tok_s']:.0f}", f"{r['saved_bytes_per_token_per_layer'] / 1024:.1f}")
+               for r in steps])
+        long = [r for r in results["ablation"] if "segments_tok_s" in r]
+        table(["130m shape, 4 layers", "one segment, tok/s", "segments of 2048, tok/s"],
+              [(r["step"], f"{r['one_segment_tok_s']:.0f}", f"{r['segments_tok_s']:.0f}") for r in long])
+    if "memory" in results:
+        rows, previous = [], None
+        for r in results["memory"]:
+            slope = "" if previous is None else f"{(r['fwd_peak_bytes'] - previous['fwd_peak_bytes']) / (r['length'] - previous['length']) / 1024:.1f}"
+            rows.append((r["length"], f"{r['fwd_peak_bytes'] / 2**20:.0f}", f"{r['bytes_per_token'] / 1024:.1f}", slope))
+            previous = r
+        table(["130m shape, 4 layers: tokens", "forward peak MiB", "KiB per token", "KiB per added token"], rows)
+    return "\n".join(out)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="roofline,scan,model,hf,memory")
+    parser.add_argument("--only", default="roofline,scan,model,hf,ablation,memory")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lengths", default="1024,4096,16384")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (see above)")
     parser.add_argument("--out", default=str(ROOT / "results" / "ssd_speed.json"))
+    parser.add_argument("--markdown", action="store_true", help="print the tables of --out as markdown and exit")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.out).read_text())))
+        return
+    torch.set_num_threads(args.threads)
     lengths = [int(v) for v in args.lengths.split(",")]
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
-    results["machine"] = dict(cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+    results["machine"] = dict(cpu=cpu_name(), cores=os.cpu_count(), threads=torch.get_num_threads(),
                               torch=torch.__version__, load_average=os.getloadavg())
     sections = args.only.split(",")
     if "roofline" in sections:
@@ -352,11 +523,13 @@ def main():
     if "scan" in sections:
         results["scan"] = scan_section(4096, args.repeats)
     if "model" in sections:
-        results["model"] = model_section(lengths, args.repeats, max_training_bytes=4 * 2**30)
+        results["model"] = model_section(lengths, args.repeats)
     if "hf" in sections:
-        results["hf"] = hf_section([l for l in lengths if l <= 4096], args.repeats)
+        results["hf"] = hf_section([4096], args.repeats)
+    if "ablation" in sections:
+        results["ablation"] = ablation_section(4096, args.repeats)
     if "memory" in sections:
-        results["memory"] = memory_section([1024, 2048, 4096, 8192, 16384])
+        results["memory"] = memory_section([1024, 4096, 16384, 32768])
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {out}")

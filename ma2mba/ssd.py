@@ -16,9 +16,10 @@ Precision follows mamba_ssm: dt, the cumulative decays, the exponentials and the
 are float32 (float64 if the inputs are float64); the matrix products run in the input dtype,
 so bf16 autocast speeds them up without touching the state.
 
-Memory: the chunked scan is an autograd Function that keeps only its inputs (x, dt, A, B, C,
-initial_state) for backward and recomputes the per-chunk decays and states there, so training
-memory per token is that of the inputs, not of the (T, T) chunk matrices.
+Backward is written by hand (`ChunkedScan`): besides its inputs it keeps the states entering
+each chunk, the (T, T) decay matrices and the state's share of the output, about three times the
+inputs. The Mamba2 mixer runs the scan under activation checkpointing, so these live only while
+one layer's backward runs.
 
 On CUDA, when mamba_ssm is importable, both functions hand the same call to its Triton kernels.
 """

@@ -69,6 +69,17 @@ def test_split_calls_and_steps_equal_one_call(name):
     assert_states_close(state, full.state, **TIGHT)
 
 
+def test_segmented_forward_equals_one_segment():
+    """Long inputs run in segments that hand the state on; the result must not depend on them."""
+    lm = tiny_lm("groups_mlp_hdimD")
+    ids = torch.randint(0, VOCAB, (2, 30), generator=torch.Generator().manual_seed(8))
+    whole = lm(ids)
+    lm.backbone.segment_tokens = 2 * 7  # 7 positions per sequence: segments end inside chunks
+    pieces = lm(ids)
+    torch.testing.assert_close(pieces.logits, whole.logits, **TIGHT)
+    assert_states_close(pieces.state, whole.state, **TIGHT)
+
+
 def test_inputs_embeds_and_step_from_empty_state():
     lm = tiny_lm()
     ids = torch.randint(0, VOCAB, (1, 6))
