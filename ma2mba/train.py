@@ -77,11 +77,12 @@ RECIPES = {
         Stage("qa", "qa", steps=4000, lr=1e-3, lengths=(16, 32, 64, 128, 256, 512, 768),
               caption_share=0.1, checkpointing="multi_axis"),
     ],
-    # "shapes" at a budget the Transformer baseline can be compared on (benchmarks/transformer_vs_mamba.md):
-    # the same stages, data, curriculum and schedules, at about 1/10 of the steps and 1/8 of the batch, and no
-    # gradient checkpointing (it changes memory, not the maths; these lengths fit without it).
+    # "shapes" at a budget the Transformer baseline is compared on (benchmarks/transformer_vs_mamba.md), about
+    # 35 min per model on one core: the same stages, data, curriculum and schedules with fewer steps (vision 2/3,
+    # align 1/4, captions 1/8, qa 1/16, so a length is promoted after 20 steps instead of 40), 1/8 of the video
+    # tokens and asks per step, and no gradient checkpointing (it changes memory, not the maths).
     "shapes_small": [
-        Stage("vision", "kinds", steps=300, lr=2e-3, frames_per_step=128, train_vision=True, warmup=20),
+        Stage("vision", "kinds", steps=800, lr=2e-3, frames_per_step=128, train_vision=True, warmup=50),
         Stage("align", "frames", steps=150, lr=2e-3, warmup=20),
         Stage("captions", "captions", steps=60, lr=1e-3, lengths=(16, 32, 64, 128), moments=6,
               asks_per_step=24, tokens_per_step=1024, warmup=10),
