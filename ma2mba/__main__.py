@@ -62,7 +62,7 @@ def train(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    trainer = Trainer(args.out, recipe=args.recipe, seed=args.seed, bf16=not args.fp32)
+    trainer = Trainer(args.out, recipe=args.recipe, seed=args.seed, bf16=not args.fp32, lm=args.lm)
     trainer.run(max_minutes=args.minutes, checkpoint_every=args.checkpoint_every)
     done = trainer.stage_index >= len(trainer.stages)
     print(f"{'finished' if done else 'paused'} after {trainer.seconds / 60:.1f} min of training; "
@@ -98,6 +98,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--checkpoint-every", type=int, default=25)
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    p.add_argument("--lm", default="mamba2", choices=("mamba2", "transformer"),
+                   help="transformer: the baseline of ma2mba/baselines.py, same size (the checkpoint remembers it)")
     p.set_defaults(fn=train)
 
     p = sub.add_parser("eval", help="accuracy on held-out ShapeWorld videos, with baselines")

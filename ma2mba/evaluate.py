@@ -112,8 +112,7 @@ def answer_batch(model: VideoMa2mba, state: State, questions: list[str], max_new
         ids = torch.tensor([p[i] if i < len(p) else tok.eos_id for p in prompts])
         out = model.lm.step(ids, state)
         active = torch.tensor([i < len(p) for p in prompts])
-        state = State((torch.where(active[:, None, None], c1, c0), torch.where(active[:, None, None, None], s1, s0))
-                      for (c0, s0), (c1, s1) in zip(state, out.state))
+        state = out.state.where(active, state)
         logits = out.logits if logits is None else torch.where(active[:, None], out.logits, logits)
     answers = [[] for _ in prompts]
     finished = torch.zeros(len(prompts), dtype=torch.bool)

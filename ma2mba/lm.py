@@ -36,9 +36,16 @@ class State(tuple):
         """Repeat along the batch: a batch-1 state becomes n copies that can branch."""
         return self.map(lambda t: t.repeat_interleave(n, dim=0))
 
+    def where(self, mask: torch.Tensor, other: "State") -> "State":
+        """Rows where mask (B,) is True as in self, the others as in `other`."""
+        pick = lambda a, b: torch.where(mask.view(-1, *[1] * (a.dim() - 1)), a, b)  # noqa: E731
+        return State((pick(c1, c0), pick(s1, s0)) for (c1, s1), (c0, s0) in zip(self, other))
+
     @staticmethod
     def cat(states) -> "State":
         states = list(states)
+        if type(states[0]) is not State:  # a subclass (the Transformer's KV cache) joins rows its own way
+            return type(states[0]).cat(states)
         return State(
             (torch.cat([s[i][0] for s in states]), torch.cat([s[i][1] for s in states])) for i in range(len(states[0]))
         )

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .baselines import ARCHITECTURE, TransformerConfig, TransformerLM
 from .config import Mamba2Config
 from .lm import Mamba2LM
 from .tokenizer import ASSISTANT, EOS, SYSTEM, USER, QuestionTooLongError, Tokenizer
@@ -34,7 +35,7 @@ IGNORE = -100  # label of positions without a loss
 
 @dataclass
 class VideoConfig:
-    lm: Mamba2Config = field(default_factory=Mamba2Config)
+    lm: Mamba2Config | TransformerConfig = field(default_factory=Mamba2Config)  # the Transformer: a baseline
     vision: VisionConfig = field(default_factory=VisionConfig)
     system_prompt: str = "You are a helpful assistant."
     max_question_tokens: int = 64
@@ -47,7 +48,8 @@ class VideoConfig:
     def from_dict(cls, d: dict) -> "VideoConfig":
         if d.get("model_type") != MODEL_TYPE:
             raise ValueError(f"config.json has model_type={d.get('model_type')!r}, expected {MODEL_TYPE!r}")
-        return cls(lm=Mamba2Config.from_dict(d["lm"]), vision=VisionConfig.from_dict(d["vision"]),
+        lm = TransformerConfig if d["lm"].get("architecture") == ARCHITECTURE else Mamba2Config
+        return cls(lm=lm.from_dict(d["lm"]), vision=VisionConfig.from_dict(d["vision"]),
                    system_prompt=d.get("system_prompt", cls.system_prompt),
                    max_question_tokens=d.get("max_question_tokens", cls.max_question_tokens))
 
@@ -88,7 +90,7 @@ class VideoMa2mba(nn.Module):
         self.vision = make_frame_encoder(config.vision)
         self.projector = Projector(self.vision.out_dim, config.lm.d_model)
         self.time_embed = nn.Linear(N_TIME_FEATURES, config.lm.d_model)
-        self.lm = Mamba2LM(config.lm)
+        self.lm = TransformerLM(config.lm) if isinstance(config.lm, TransformerConfig) else Mamba2LM(config.lm)
 
     @property
     def device(self):

@@ -33,6 +33,7 @@ import numpy as np
 import psutil
 import torch
 
+from .baselines import matched_transformer_config
 from .data import shapeworld
 from .data.batches import (ASPECTS, Ask, answer_scores, collate, conversations, gather_states, pixels, prompt_state,
                            render_letterboxed, states_at_moments, visual_tokens)
@@ -80,6 +81,18 @@ RECIPES = {
               tokens_per_step=4096, asks_per_step=256, caption_share=0.1,
               checkpointing="multi_axis", checkpointing_from=512),
     ],
+    # "shapes" at a budget the Transformer baseline is compared on (benchmarks/transformer_vs_mamba.md), about
+    # 35 min per model on one core: the same stages, data, curriculum and schedules with fewer steps (vision 2/3,
+    # align 1/4, captions 1/8, qa 1/16, so a length is promoted after 20 steps instead of 40), 1/8 of the video
+    # tokens and asks per step, and no gradient checkpointing (it changes memory, not the maths).
+    "shapes_small": [
+        Stage("vision", "kinds", steps=800, lr=2e-3, frames_per_step=128, train_vision=True, warmup=50),
+        Stage("align", "frames", steps=150, lr=2e-3, warmup=20),
+        Stage("captions", "captions", steps=60, lr=1e-3, lengths=(16, 32, 64, 128), moments=6,
+              asks_per_step=24, tokens_per_step=1024, warmup=10),
+        Stage("qa", "qa", steps=250, lr=1e-3, lengths=(16, 32, 64, 128, 256, 512, 768), min_steps=20,
+              caption_share=0.1, asks_per_step=48, tokens_per_step=1024, warmup=20),
+    ],
     # A few steps of everything: the tests and `--recipe smoke` use it to exercise the whole loop.
     "smoke": [
         Stage("vision", "kinds", steps=2, lr=1e-3, frames_per_step=8, train_vision=True, warmup=1),
@@ -103,9 +116,17 @@ def vocabulary_texts() -> list[str]:
     return texts
 
 
-def new_packaged_model(seed: int = 0) -> VideoMa2mba:
+LM_KINDS = ("mamba2", "transformer")  # the packaged Mamba-2, or the Transformer baseline of the same size
+
+
+def new_packaged_model(seed: int = 0, lm: str = "mamba2") -> VideoMa2mba:
+    if lm not in LM_KINDS:
+        raise ValueError(f"lm={lm!r}: choose one of {', '.join(LM_KINDS)}")
     torch.manual_seed(seed)
-    return VideoMa2mba(packaged_config(), build_word_tokenizer(vocabulary_texts()))
+    config = packaged_config()
+    if lm == "transformer":
+        config = dataclasses.replace(config, lm=matched_transformer_config(config.lm))
+    return VideoMa2mba(config, build_word_tokenizer(vocabulary_texts()))
 
 
 def caption_answer(video: shapeworld.Video, as_of: int) -> str:
@@ -169,14 +190,15 @@ def make_optimizer(named_params, lr: float) -> torch.optim.Optimizer:
 
 
 class Trainer:
-    def __init__(self, out_dir, recipe: str = "shapes", seed: int = 0, bf16: bool = True, model=None):
+    def __init__(self, out_dir, recipe: str = "shapes", seed: int = 0, bf16: bool = True, model=None,
+                 lm: str = "mamba2"):
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.recipe_name = recipe
         self.stages = RECIPES[recipe]
         self.seed = seed
         self.bf16 = bf16
-        self.model = model if model is not None else new_packaged_model(seed)
+        self.model = model if model is not None else new_packaged_model(seed, lm)
         # Stage 0's temporary classifier: which of the 28 kinds a frame shows (not part of the model).
         self.kinds_head = torch.nn.Linear(self.model.vision.out_dim, len(shapeworld.KINDS))
         self.stage_index, self.step = 0, 0
