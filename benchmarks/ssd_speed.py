@@ -13,7 +13,7 @@ Sections (run all, or some with --only):
             % of the matmul roofline measured in turns with each row; decoding by `step`.
   hf        The same LMs in transformers' Mamba2ForCausalLM (its torch path), in turns with ours.
   ablation  What bought what: the 130m-shape model at 4k tokens (fp32), changes added one by one.
-  memory    Peak forward memory vs length (fresh process per length: peak RSS minus RSS before).
+  memory    Peak forward tensor memory vs length (ma2mba.memory.peak_bytes), with and without logits.
 
 The vocabulary is 1024 (not 50k): the LM head is not what is measured. Timings are medians of
 --repeats runs after a warm-up, each implementation run in turns with the others.
@@ -35,7 +35,6 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -397,43 +396,25 @@ def ablation_section(length, repeats, long_length=16384):
 
 
 # ---------------------------------------------------------------- memory
-MEASURE_FORWARD_PEAK = """
-import sys, torch
-from pathlib import Path
-sys.path.insert(0, sys.argv[1])
-from benchmarks.ssd_speed import build_lm
-torch.set_num_threads(1)
-lm = build_lm(sys.argv[2])
-ids = torch.randint(0, 1024, (1, int(sys.argv[3])))
-
-
-def status_bytes(field):  # this process's VmRSS (now) or VmHWM (peak), from /proc
-    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field))
-    return int(line.split()[1]) * 1024
-
-
-with torch.no_grad():
-    lm(ids[:, :64])  # settle lazy allocations
-    before = status_bytes("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak to now
-    lm(ids)
-print(status_bytes("VmHWM") - before)
-"""
-
-
-def forward_peak_bytes(name, length):
-    """One no-grad forward in a fresh process: peak RSS during it minus RSS before it (Linux)."""
-    out = subprocess.run([sys.executable, "-c", MEASURE_FORWARD_PEAK, str(ROOT), name, str(length)],
-                         capture_output=True, text=True, check=True)
-    return int(out.stdout.split()[-1])
-
-
 def memory_section(lengths):
+    """Peak tensor bytes of one no-grad forward (ma2mba.memory's meter), with and without the LM head.
+
+    The backbone's transients stay small (it runs in segments of 2048 positions); what grows with
+    the length is the output: the last hidden states, and the logits if they are asked for.
+    """
+    from ma2mba.memory import peak_bytes
+
+    lm = build_lm("130m_4_layers")
     rows = []
     for length in lengths:
-        peak = forward_peak_bytes("130m_4_layers", length)
-        rows.append(dict(config="130m_4_layers", length=length, fwd_peak_bytes=peak, bytes_per_token=peak / length))
-        print(f"  memory 130m_4_layers L={length:6d}  forward peak {peak / 2**20:8.1f} MiB  {peak / length / 1024:6.1f} KiB/token", flush=True)
+        ids = torch.randint(0, VOCAB, (1, length))
+        with torch.no_grad():
+            with_logits = peak_bytes(lambda: lm(ids))
+            hidden_only = peak_bytes(lambda: lm(ids, return_logits=False))
+        rows.append(dict(config="130m_4_layers", length=length, fwd_peak_bytes=with_logits,
+                         bytes_per_token=with_logits / length, fwd_peak_bytes_no_logits=hidden_only))
+        print(f"  memory 130m_4_layers L={length:6d}  forward peak {with_logits / 2**20:8.1f} MiB"
+              f" ({with_logits / length / 1024:5.1f} KiB/token), without logits {hidden_only / 2**20:8.1f} MiB", flush=True)
     return rows
 
 
@@ -494,7 +475,7 @@ def markdown(results) -> str:
             slope = "" if previous is None else f"{(r['fwd_peak_bytes'] - previous['fwd_peak_bytes']) / (r['length'] - previous['length']) / 1024:.1f}"
             rows.append((r["length"], f"{r['fwd_peak_bytes'] / 2**20:.0f}", f"{r['bytes_per_token'] / 1024:.1f}", slope))
             previous = r
-        table(["130m shape, 4 layers: tokens", "forward peak MiB", "KiB per token", "KiB per added token"], rows)
+        table(["130m shape, 4 layers: tokens", "forward peak MiB (with logits)", "KiB per token", "KiB per added token"], rows)
     return "\n".join(out)
 
 
