@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .config import Mamba2Config
-from .lm import LMOutput, State, count_parameters
+from .lm import LMOutput, Mamba2LM, State, count_parameters
 
 ARCHITECTURE = "transformer"  # the "architecture" field of a TransformerConfig's dict
 
@@ -275,31 +275,12 @@ class TransformerLM(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
 
-    def empty_state(self, batch: int = 1, dtype=None, device=None) -> KVCache:
-        p = self.lm_head.weight
-        return self.backbone.empty_state(batch, dtype or p.dtype, device or p.device)
-
-    def embed(self, input_ids):
-        return self.backbone.embedding(input_ids)
-
-    def forward(self, input_ids=None, inputs_embeds=None, state: KVCache | None = None, return_logits: bool = True):
-        """input_ids (b, l) or inputs_embeds (b, l, d) -> LMOutput(logits (b, l, vocab), cache, hidden)."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        hidden = self.embed(input_ids) if inputs_embeds is None else inputs_embeds
-        hidden, state = self.backbone(hidden, state)
-        return LMOutput(self.lm_head(hidden) if return_logits else None, state, hidden)
-
-    def step(self, input_ids=None, state: KVCache | None = None, inputs_embeds=None):
-        """One token per sequence: input_ids (b,) or (b, 1) -> LMOutput(logits (b, vocab), cache, hidden)."""
-        if inputs_embeds is None:
-            inputs_embeds = self.embed(input_ids.reshape(-1))
-        elif inputs_embeds.dim() == 3:
-            inputs_embeds = inputs_embeds[:, 0]
-        if state is None:
-            state = self.empty_state(inputs_embeds.shape[0])
-        hidden, state = self.backbone.step(inputs_embeds, state)
-        return LMOutput(self.lm_head(hidden), state, hidden)
+    # Running is Mamba2LM's, line for line: a backbone that takes and returns a state (here the
+    # KV cache), then the tied head. Sharing the functions keeps the two models' contracts identical.
+    empty_state = Mamba2LM.empty_state
+    embed = Mamba2LM.embed
+    forward = Mamba2LM.forward
+    step = Mamba2LM.step
 
     def set_checkpointing(self, mode: str = "none"):
         """"none" keeps every activation for backward; "layer" keeps each layer's input and recomputes the rest.

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from tiny import tiny_video_model
+from tiny import check_split_and_step_identity, tiny_video_model
 
 from ma2mba import Mamba2Config, State
 from ma2mba.baselines import (CheckpointingModeError, KVCache, TransformerConfig, TransformerLM, mamba_params,
@@ -82,21 +82,7 @@ def test_split_calls_and_steps_equal_one_call():
     ids = ids_of((2, 21))
     full = lm(ids)
     assert isinstance(full.state, KVCache) and full.state[0][0].shape == (2, 4, 21, 8)  # (B, H, T, D)
-    for cuts in ([5], [1], [3, 11, 16, 20]):
-        state, logits = None, []
-        for start, stop in zip([0, *cuts], [*cuts, 21]):
-            out = lm(ids[:, start:stop], state=state)
-            state = out.state
-            logits.append(out.logits)
-        torch.testing.assert_close(torch.cat(logits, 1), full.logits, **TIGHT)
-        assert_caches_equal(state, full.state, **TIGHT)
-    state, logits = lm.empty_state(2), []
-    for t in range(21):
-        out = lm.step(ids[:, t], state)
-        state = out.state
-        logits.append(out.logits)
-    torch.testing.assert_close(torch.stack(logits, 1), full.logits, **TIGHT)
-    assert_caches_equal(state, full.state, **TIGHT)
+    check_split_and_step_identity(lm, ids, ([5], [1], [3, 11, 16, 20]), full, assert_caches_equal, **TIGHT)
     torch.testing.assert_close(lm(inputs_embeds=lm.embed(ids)).logits, full.logits, **TIGHT)
 
 

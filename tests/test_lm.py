@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from tiny import check_split_and_step_identity
 
 from ma2mba import Mamba2Config, Mamba2LM, State
 from ma2mba.mamba2 import CausalConv1dFunction, RMSNormFunction, causal_conv1d
@@ -52,21 +53,7 @@ def test_split_calls_and_steps_equal_one_call(name):
     full = lm(ids)
     assert full.logits.shape == (2, 21, lm.config.padded_vocab_size)
     # Split inside a chunk, at chunk boundaries, after one token, and into several pieces.
-    for cuts in ([5], [CHUNK], [2 * CHUNK], [1], [3, 11, 16, 20]):
-        state, logits = None, []
-        for start, stop in zip([0, *cuts], [*cuts, 21]):
-            out = lm(ids[:, start:stop], state=state)
-            state = out.state
-            logits.append(out.logits)
-        torch.testing.assert_close(torch.cat(logits, 1), full.logits, **TIGHT)
-        assert_states_close(state, full.state, **TIGHT)
-    state, logits = lm.empty_state(2), []
-    for t in range(21):
-        out = lm.step(ids[:, t], state)
-        state = out.state
-        logits.append(out.logits)
-    torch.testing.assert_close(torch.stack(logits, 1), full.logits, **TIGHT)
-    assert_states_close(state, full.state, **TIGHT)
+    check_split_and_step_identity(lm, ids, ([5], [CHUNK], [2 * CHUNK], [1], [3, 11, 16, 20]), full, assert_states_close, **TIGHT)
 
 
 def test_segmented_forward_equals_one_segment():

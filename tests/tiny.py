@@ -23,3 +23,23 @@ def tiny_video_model(seed=0, dtype=torch.float32, tokens_per_side=1) -> VideoMa2
 def random_frames(n, seed=0, h=24, w=40):
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def check_split_and_step_identity(lm, ids, cuts_list, full, states_close, **tol):
+    """lm over pieces of `ids` (state handed on) and token by token both equal `full = lm(ids)`."""
+    length = ids.shape[1]
+    for cuts in cuts_list:
+        state, logits = None, []
+        for start, stop in zip([0, *cuts], [*cuts, length]):
+            out = lm(ids[:, start:stop], state=state)
+            state = out.state
+            logits.append(out.logits)
+        torch.testing.assert_close(torch.cat(logits, 1), full.logits, **tol)
+        states_close(state, full.state, **tol)
+    state, logits = lm.empty_state(ids.shape[0]), []
+    for t in range(length):
+        out = lm.step(ids[:, t], state)
+        state = out.state
+        logits.append(out.logits)
+    torch.testing.assert_close(torch.stack(logits, 1), full.logits, **tol)
+    states_close(state, full.state, **tol)
