@@ -76,6 +76,14 @@ def evaluate(args) -> int:
     return eval_main(args)
 
 
+def package(args) -> int:
+    from .card import package as write_package
+
+    write_package(args.run, args.eval, args.out, args.train_command, args.eval_command, args.notes)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ma2mba", description="Video-Ma²mba: every frame in a Mamba-2 state.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +118,15 @@ def main(argv=None) -> int:
     p.add_argument("--baselines", action="store_true", help="also run the 16-frame and majority baselines")
     p.add_argument("--mp4", action="store_true", help="also run the sets as H.264 uploads through video.py")
     p.set_defaults(fn=evaluate)
+
+    p = sub.add_parser("package", help="a finished training run + its evaluation -> the model folder with its card")
+    p.add_argument("--run", default="runs/shapes")
+    p.add_argument("--eval", nargs="+", required=True, help="eval JSON files (one per held-out set is fine)")
+    p.add_argument("--out", default="assets/ma2mba-shapes")
+    p.add_argument("--train-command", default="python -m ma2mba train --recipe shapes --out runs/shapes --threads 1")
+    p.add_argument("--eval-command", default="python -m ma2mba eval --baselines --mp4")
+    p.add_argument("--notes", default="", help="markdown appended to the card's training section")
+    p.set_defaults(fn=package)
 
     args = parser.parse_args(argv)
     return args.fn(args)

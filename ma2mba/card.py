@@ -106,3 +106,35 @@ print(session.answer("How many times did a red star appear?"))
 print(session.answer("What was the last shape to appear?", at=60))  # as of 1:00
 ```
 """
+
+
+def merged_eval(paths) -> dict:
+    """Several `python -m ma2mba eval --out` files (one per held-out set) as one report."""
+    import json
+    from pathlib import Path
+
+    report = {}
+    for path in paths:
+        report.update(json.loads(Path(path).read_text()))
+    return dict(sorted(report.items(), key=lambda kv: float(kv[0].removesuffix("min"))))
+
+
+def package(run_dir, eval_paths, out, train_command: str, eval_command: str, notes: str = "") -> None:
+    """The finished run's weights, tokenizer and config, plus a model card, into the folder `out`."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from .evaluate import format_table
+    from .model import VideoMa2mba
+    from .train import RECIPES
+
+    run_dir = Path(run_dir)
+    model = VideoMa2mba.from_pretrained(run_dir / "model")
+    checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    report = merged_eval(eval_paths)
+    card = model_card(model, RECIPES[checkpoint["recipe"]], train_command, checkpoint["seconds"],
+                      format_table(report), eval_command, notes)
+    model.save_pretrained(out, model_card=card)
+    (Path(out) / "eval.json").write_text(json.dumps(report, indent=2) + "\n")

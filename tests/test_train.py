@@ -4,6 +4,8 @@ import json
 
 import torch
 
+from ma2mba import load_model
+from ma2mba.card import package
 from ma2mba.train import RECIPES, Trainer, caption_answer, lr_at
 from ma2mba.data import shapeworld
 
@@ -25,6 +27,18 @@ def test_paused_and_resumed_training_equals_one_run(tmp_path):
     assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
     assert {r["stage"] for r in logs[0]} == {s.name for s in RECIPES["smoke"]}
     assert (tmp_path / "a" / "model" / "model.safetensors").exists()
+
+    # Packaging: the finished run + per-set eval files -> a loadable folder whose card has the table.
+    for name, score in (("10min", 0.25), ("2min", 0.5)):
+        s = {"overall": score, "n": 2, "by_kind": {"count": score}}
+        (tmp_path / f"{name}.json").write_text(json.dumps({name: {"raw": s}}))
+    package(tmp_path / "a", [tmp_path / "10min.json", tmp_path / "2min.json"], tmp_path / "pkg", "train cmd", "eval cmd")
+    card = (tmp_path / "pkg" / "README.md").read_text()
+    assert "| 2min | raw | **50.0** |" in card and "| 10min | raw | **25.0** |" in card and "train cmd" in card
+    assert card.index("| 2min |") < card.index("| 10min |")
+    loaded = load_model(tmp_path / "pkg")
+    for (name, a), b in zip(straight.model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_schedule_warms_up_then_decays_to_a_tenth():
