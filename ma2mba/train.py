@@ -76,8 +76,8 @@ RECIPES = {
         Stage("vision", "kinds", steps=1200, lr=2e-3, frames_per_step=128, train_vision=True, warmup=50),
         Stage("align", "frames", steps=600, lr=2e-3, warmup=50),
         Stage("captions", "captions", steps=200, lr=1e-3, lengths=(16, 32, 64, 128), moments=6, asks_per_step=192),
-        # Sized to ~2 h on one CPU thread (~10 s a step); a GPU run can afford longer lengths and more steps.
-        Stage("qa", "qa", steps=700, lr=1e-3, lengths=(16, 32, 64, 128, 256, 512), promote_at=0.6, min_steps=30,
+        # Sized to ~1.5 h on one CPU thread (~6 s a step); a GPU run can afford longer lengths and more steps.
+        Stage("qa", "qa", steps=900, lr=1e-3, lengths=(16, 32, 64, 128, 256, 512), promote_at=0.6, min_steps=30,
               tokens_per_step=4096, asks_per_step=256, caption_share=0.1,
               checkpointing="multi_axis", checkpointing_from=512),
     ],
