@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from ma2mba import lab
-from ma2mba.examples import EXAMPLES_DIR, find_example, ground_truth, load_examples
+from ma2mba.examples import DECODE_MAX_SIDE, EXAMPLES_DIR, find_example, ground_truth, load_examples
 from ma2mba.hub import PACKAGED_MODEL_DIR, ModelNotFoundError, find_weights
 from ma2mba.lm import count_parameters
 from ma2mba.model import load_model
@@ -49,7 +49,6 @@ SETTINGS = dict(
     # other (measured: 17 ms/frame with 1 thread, 180 ms with 2 on a busy 2-core machine).
     torch_threads=_env("MA2MBA_TORCH_THREADS", 1),
 )
-DECODE_MAX_SIDE = 320  # frames are decoded this small: the model letterboxes them to 128 px anyway
 UI_UPDATES_PER_SECOND = 8  # ingestion runs as fast as it can; the page is refreshed this often
 PACES = {"fastest": 0.0, "10× real time": 0.1, "real time": 1.0}  # wall seconds per video second
 MAX_QUESTION_CHARS = 500

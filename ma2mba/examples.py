@@ -1,6 +1,7 @@
 """The demo's example videos: short ShapeWorld clips with questions whose answers are known.
 
-    python -m ma2mba.examples            # (re)writes assets/examples/*.mp4 and examples.json
+    python -m ma2mba.examples                    # (re)writes assets/examples/*.mp4 and examples.json
+    python -m ma2mba.examples --model packaged   # … suggesting questions the packaged model gets right
 
 Every clip is generated from a seed, so its ground truth can be recomputed for any question at
 any moment (`ground_truth`), which lets the app tell a right answer from a wrong one, also when
@@ -23,6 +24,7 @@ from .hub import PACKAGE_ROOT
 EXAMPLES_DIR = PACKAGE_ROOT / "assets" / "examples"
 INDEX_FILE = "examples.json"
 MAX_FILE_BYTES = 2 * 2**20
+DECODE_MAX_SIDE = 320  # uploads are decoded this small (the model letterboxes to 128 px anyway); app.py uses it too
 
 
 @dataclass(frozen=True)
@@ -54,26 +56,49 @@ def sha256(path) -> str:
     return h.hexdigest()
 
 
-def suggested_questions(video: shapeworld.Video, seed: int) -> list[dict]:
-    qas = []
+def suggested_questions(video: shapeworld.Video, seed: int, session=None, candidates: int = 8) -> list[dict]:
+    """One question per kind in SUGGESTED_KINDS. With a session that has watched the clip, the first
+    of a few candidates per kind that the model answers correctly (the Space suggests questions
+    the packaged model gets right; the evaluation, not this list, says how often it is right)."""
+    out = []
     for kind in SUGGESTED_KINDS:
-        qas += video.questions(seed, n=1, kinds=[kind])
-    return [{"question": qa.question, "answer": qa.answer, "kind": qa.kind_of_question} for qa in qas]
+        qas = video.questions(seed, n=candidates if session else 1, kinds=[kind])
+        right = [qa for qa in qas if session is not None and session.answer(qa.question) == qa.answer]
+        qa = (right or qas)[0]
+        out.append({"question": qa.question, "answer": qa.answer, "kind": qa.kind_of_question})
+    return out
 
 
-def rewind_question(video: shapeworld.Video) -> dict:
-    """A count question about the most frequent kind, asked at the middle of its appearances,
-    so that the answer as of then differs from the answer at the end."""
+def rewind_question(video: shapeworld.Video, session=None) -> dict:
+    """A count question asked just before the middle appearance of its kind, so that the answer as of
+    then differs from the answer at the end: the most frequent kind, or with a session the most
+    frequent one whose rewound answer the model gets right."""
     counts = video.counts()
-    kind = max(shapeworld.KINDS, key=lambda k: counts[k])
-    starts = [a.start for a in video.appearances if a.kind == kind]
-    as_of = starts[len(starts) // 2] - 1  # just before its middle appearance
-    question = f"How many times did {shapeworld.with_article(shapeworld.kind_name(kind))} appear?"
-    return {"question": question, "as_of": as_of, "answer": str(video.counts(as_of)[kind]),
-            "answer_at_end": str(counts[kind])}
+    fallback = None
+    for kind in [k for k in sorted(shapeworld.KINDS, key=lambda k: -counts[k]) if counts[k] >= 2][:6]:
+        starts = [a.start for a in video.appearances if a.kind == kind]
+        as_of = starts[len(starts) // 2] - 1  # just before its middle appearance
+        question = f"How many times did {shapeworld.with_article(shapeworld.kind_name(kind))} appear?"
+        entry = {"question": question, "as_of": as_of, "answer": str(video.counts(as_of)[kind]),
+                 "answer_at_end": str(counts[kind])}
+        fallback = fallback or entry
+        if session is None or session.answer(question, at=as_of) == entry["answer"]:
+            return entry
+    return fallback
 
 
-def write_examples(folder: Path = EXAMPLES_DIR) -> dict:
+def watched(model, path):
+    """A session that has watched the clip as the app does (1 FPS, frames shrunk like uploads)."""
+    from .video import sample_frames
+
+    session = model.start_session()
+    for t, frame in sample_frames(path, fps=1.0, max_side=DECODE_MAX_SIDE):
+        session.ingest(frame, t)
+    return session
+
+
+def write_examples(folder: Path = EXAMPLES_DIR, model=None) -> dict:
+    """Writes the clips and examples.json; with `model`, suggests questions it answers correctly."""
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for spec in CLIPS:
@@ -82,10 +107,11 @@ def write_examples(folder: Path = EXAMPLES_DIR) -> dict:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             raise RuntimeError(f"{path} is {size} bytes, above the {MAX_FILE_BYTES}-byte budget for examples")
+        session = watched(model, path) if model is not None else None
         entries.append({
             "file": spec.name, "seed": spec.seed, "seconds": spec.seconds, "width": spec.width,
             "height": spec.height, "fps": spec.fps, "bytes": size, "sha256": sha256(path),
-            "questions": suggested_questions(video, spec.seed), "rewind": rewind_question(video),
+            "questions": suggested_questions(video, spec.seed, session), "rewind": rewind_question(video, session),
         })
     index = {"generator": "python -m ma2mba.examples", "examples": entries}
     (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
@@ -122,8 +148,14 @@ def ground_truth(example: dict, question: str, as_of: float | None = None) -> st
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=EXAMPLES_DIR)
+    parser.add_argument("--model", default=None, help="suggest questions this model (e.g. the packaged one) answers correctly")
     args = parser.parse_args(argv)
-    for e in write_examples(args.out)["examples"]:
+    model = None
+    if args.model:
+        from .model import load_model
+
+        model = load_model(None if args.model == "packaged" else args.model)
+    for e in write_examples(args.out, model)["examples"]:
         print(f"{e['file']}: {e['seconds']} s, {e['width']}x{e['height']}, {e['bytes'] / 2**20:.2f} MiB")
     return 0
 
