@@ -58,14 +58,15 @@ def sha256(path) -> str:
 
 def suggested_questions(video: shapeworld.Video, seed: int, session=None, candidates: int = 8) -> list[dict]:
     """One question per kind in SUGGESTED_KINDS. With a session that has watched the clip, the first
-    of a few candidates per kind that the model answers correctly (the Space suggests questions
-    the packaged model gets right; the evaluation, not this list, says how often it is right)."""
+    of a few candidates per kind that the model answers correctly, and no question of a kind it gets
+    wrong each time (the Space suggests questions the packaged model gets right; the evaluation,
+    not this list, says how often it is right)."""
     out = []
     for kind in SUGGESTED_KINDS:
         qas = video.questions(seed, n=candidates if session else 1, kinds=[kind])
-        right = [qa for qa in qas if session is not None and session.answer(qa.question) == qa.answer]
-        qa = (right or qas)[0]
-        out.append({"question": qa.question, "answer": qa.answer, "kind": qa.kind_of_question})
+        if session is not None:  # a kind the model gets wrong every time is not suggested
+            qas = [qa for qa in qas if session.answer(qa.question) == qa.answer]
+        out += [{"question": qa.question, "answer": qa.answer, "kind": qa.kind_of_question} for qa in qas[:1]]
     return out
 
 
