@@ -39,7 +39,10 @@ and segments of s tokens (nb = ⌈L/l⌉ blocks, ns = ⌈S/s⌉ segments) are th
 The first line is the paper's M(l, s) = (L·S/l)·C_L + (L·S/s)·C_S + l·s·C_grid + s·C_state with the
 counts made exact and the terms that every mode shares written out; A(s) ≈ s·C_grid and
 W(s) ≈ s·C_state, affine in s. `layer` is M(1, S), `sqrt` is
-M(round(√L), S), and `none` keeps everything: L·A(S) + W(S), the initial states, and S·C_io.
+M(round(√L), S), and `none` keeps everything: L·A(S) + W(S'), the initial states, and S·C_io, where
+S' = min(S, 2048/b): without checkpointing the CPU backbone runs long inputs in pieces of 2048
+positions (lm.CPU_SEGMENT_TOKENS), so a layer's backward works on one piece at a time. (On CUDA the
+backbone does not split; there S' = S, and mamba_ssm's fused kernels have constants of their own.)
 The final states are not counted: a training step that keeps them adds L·C_S.
 
 The constants come from the config and the dtype: C_L = d_model·(bytes of the hidden + bytes of the
@@ -65,7 +68,7 @@ import torch
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
-from .lm import State
+from .lm import CPU_SEGMENT_TOKENS, State
 from .mamba2 import Block
 from .memory import _LiveStorages, tensor_bytes, without_data
 
@@ -255,8 +258,7 @@ def plan(config, seq_len: int, batch: int = 1, dtype=torch.float32, budget_bytes
     """
     model = _CostModel(config, batch, dtype)
     S, L = seq_len, config.n_layer
-    by_mode = {"none": int(model.peak(L, S, S, recompute=False)), "layer": int(model.peak(1, S, S)),
-               "sqrt": int(model.peak(sqrt_block(L), S, S))}
+    by_mode = {mode: model.baseline_peak(mode, S) for mode in ("none", "layer", "sqrt")}
     # (recomputes, cells, peak, mode, l, s) for every candidate
     candidates = [(0, 1, by_mode["none"], "none", L, S), (1, L, by_mode["layer"], "layer", 1, S),
                   (1, math.ceil(L / sqrt_block(L)), by_mode["sqrt"], "sqrt", sqrt_block(L), S)]
@@ -287,12 +289,9 @@ def predict_peak_bytes(config, seq_len: int, mode: str, batch: int = 1, dtype=to
                        layers_per_block=None, tokens_per_segment=None) -> int:
     """The cost model's peak for one mode (multi_axis: at the given grid, or its best one)."""
     model = _CostModel(config, batch, dtype)
-    S, L = seq_len, config.n_layer
-    if mode == "none":
-        return int(model.peak(L, S, S, recompute=False))
-    if mode in ("layer", "sqrt"):
-        return int(model.peak(1 if mode == "layer" else sqrt_block(L), S, S))
-    return int(model.peak(*model.grids(S, layers_per_block, tokens_per_segment), S).min())
+    if mode in ("none", "layer", "sqrt"):
+        return model.baseline_peak(mode, seq_len)
+    return int(model.peak(*model.grids(seq_len, layers_per_block, tokens_per_segment), seq_len).min())
 
 
 def max_seq_len(config, budget_bytes: int, mode: str = "multi_axis", batch: int = 1, dtype=torch.float32) -> int:
@@ -344,7 +343,8 @@ class _CostModel:
         extra = (s - T) / T  # in chunks; the scan pads at most one short chunk of its own
         return one.saved + extra * (two.saved - one.saved), one.work + extra * (two.work - one.work)
 
-    def peak(self, l, s, S, recompute=True):
+    def peak(self, l, s, S, recompute=True, work_tokens=None):
+        """work_tokens: the length one layer's backward works on at a time (default: the cell's s)."""
         L, b = self.config.n_layer, self.batch
         if recompute:  # nb - 1 block boundaries; the states into every segment, and their gradients
             ns = np.ceil(S / s)
@@ -352,10 +352,21 @@ class _CostModel:
         else:  # plain autograd: the initial states
             stored = L * self.C_S
         A, W = self.layer_bytes(s)
+        if work_tokens is not None:
+            W = self.layer_bytes(work_tokens)[1]
         during = b * (stored + l * A + W + S * self.C_io) + self.C_head
         # When backward ends: the output, the embeddings' gradient, the head's.
         end = b * 2 * S * self.config.d_model * self.B + self.C_end
         return np.maximum(during, end).astype(np.int64)
+
+    def baseline_peak(self, mode: str, S: int) -> int:
+        """M for "none" (everything kept; a layer's backward works on one CPU piece at a time),
+        "layer" (M(1, S)) or "sqrt" (M(round(√L), S))."""
+        L = self.config.n_layer
+        if mode == "none":
+            piece = min(S, max(1, CPU_SEGMENT_TOKENS // self.batch))
+            return int(self.peak(L, S, S, recompute=False, work_tokens=piece))
+        return int(self.peak(1 if mode == "layer" else sqrt_block(L), S, S))
 
     def grids(self, S: int, l=None, s=None):
         """Every multi_axis grid (l, s) for S tokens, as two flat arrays."""

@@ -16,6 +16,8 @@ import torch.nn as nn
 from .config import Mamba2Config
 from .mamba2 import Block, make_norm
 
+CPU_SEGMENT_TOKENS = 2048  # positions (over the batch) per piece of a long CPU forward; see Mamba2Backbone
+
 
 class State(tuple):
     """Per-layer (conv_state, ssm_state) pairs: the whole memory of everything seen so far."""
@@ -70,7 +72,7 @@ class Mamba2Backbone(nn.Module):
         # On CPU, long inputs run in segments of this many positions (over the batch), handing the
         # state on: exact, and every intermediate stays small. Whole 16k-token tensors made fresh
         # pages for every op (glibc maps allocations over 32 MB anew each time) and ran 1.5-2x slower.
-        self.segment_tokens = 2048
+        self.segment_tokens = CPU_SEGMENT_TOKENS
 
     def empty_state(self, batch: int, dtype=torch.float32, device=None) -> State:
         return State(layer.mixer.empty_state(batch, dtype, device) for layer in self.layers)
