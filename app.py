@@ -28,7 +28,7 @@ from ma2mba.lm import count_parameters
 from ma2mba.model import load_model
 from ma2mba.session import RewindError
 from ma2mba.tokenizer import QuestionTooLongError
-from ma2mba.video import VideoError, probe, sample_frames
+from ma2mba.video import VideoError, frame_source, probe, sample_frames
 
 
 def _env(name: str, default, kind=int):
@@ -140,21 +140,6 @@ class Viewer:
     lock: threading.Lock = field(default_factory=threading.Lock)  # ingest and ask take turns
 
 
-def frame_source(path):
-    """Re-decodes frames for rewinds past the session's cached frames."""
-    def frames(after, until):
-        decoded = sample_frames(path, fps=1.0, max_seconds=SETTINGS["max_video_seconds"], max_side=DECODE_MAX_SIDE)
-        try:
-            for t, frame in decoded:
-                if t > until:
-                    break
-                if t > after:
-                    yield t, frame
-        finally:
-            decoded.close()
-    return frames
-
-
 def progress_html(viewer: Viewer, state: str) -> str:
     s = viewer.session.stats()
     watched = s["seconds_watched"] + 1 if s["frames"] else 0
@@ -216,7 +201,8 @@ def watch(video_path, pace, model_name):
     except (VideoError, ModelNotFoundError) as e:
         raise user_error(e) from None
     example = find_example(video_path, EXAMPLES)
-    session = model.start_session(frame_source=frame_source(video_path))
+    session = model.start_session(frame_source=frame_source(
+        video_path, max_seconds=SETTINGS["max_video_seconds"], max_side=DECODE_MAX_SIDE))
     viewer = Viewer(session, video_path, info.duration, example, model_name)
     questions = [q["question"] for q in example["questions"]] if example else GENERIC_QUESTIONS
     yield (viewer, None, progress_html(viewer, "Watching"), memory_html(viewer),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import sys
 
@@ -15,7 +14,7 @@ def chat(args) -> int:
     from .hub import ModelNotFoundError
     from .session import RewindError
     from .tokenizer import QuestionTooLongError
-    from .video import VideoError, probe, sample_frames
+    from .video import VideoError, frame_source, probe, sample_frames
 
     try:
         info = probe(args.video, max_seconds=args.max_seconds)
@@ -23,11 +22,8 @@ def chat(args) -> int:
     except (VideoError, ModelNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    def source(after, until):  # re-decodes the frames of a rewind past the cached ones
-        frames = sample_frames(args.video, fps=args.fps, max_seconds=args.max_seconds)
-        return ((t, f) for t, f in itertools.takewhile(lambda tf: tf[0] <= until, frames) if t > after)
-
-    session = model.start_session(frame_source=source)
+    # Rewinds past the cached frames decode them again.
+    session = model.start_session(frame_source=frame_source(args.video, args.fps, max_seconds=args.max_seconds))
     total = math.ceil(info.duration * args.fps) if info.duration else None
     try:
         with tqdm(total=total, unit="frame", desc="watching") as bar:

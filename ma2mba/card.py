@@ -15,7 +15,7 @@ LIMITS = """\
 
 - It knows **ShapeWorld** only: filled circles, squares, triangles and stars in seven colours
   (red, green, blue, yellow, purple, orange, white) on plain or noisy dark backgrounds, and the
-  seven question types below, phrased as in training. It has never seen a real video: on your
+  seven question types of the evaluation table, phrased as in training. It has never seen a real video: on your
   holiday clip it will answer in ShapeWorld terms, confidently and wrongly.
 - For real videos load a real Video-Ma²mba checkpoint (CLIP ViT-L/14-336 + Mamba-2) in the
   Model tab or with `load_model("<repo id or folder>")`.

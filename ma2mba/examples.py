@@ -73,7 +73,7 @@ def suggested_questions(video: shapeworld.Video, seed: int, session=None, candid
 def rewind_question(video: shapeworld.Video, session=None) -> dict:
     """A count question asked just before the middle appearance of its kind, so that the answer as of
     then differs from the answer at the end: the most frequent kind, or with a session the most
-    frequent one whose rewound answer the model gets right."""
+    frequent one whose rewound answer the model gets right ("model_correct" says whether it does)."""
     counts = video.counts()
     fallback = None
     for kind in [k for k in sorted(shapeworld.KINDS, key=lambda k: -counts[k]) if counts[k] >= 2][:6]:
@@ -82,17 +82,20 @@ def rewind_question(video: shapeworld.Video, session=None) -> dict:
         question = f"How many times did {shapeworld.with_article(shapeworld.kind_name(kind))} appear?"
         entry = {"question": question, "as_of": as_of, "answer": str(video.counts(as_of)[kind]),
                  "answer_at_end": str(counts[kind])}
-        fallback = fallback or entry
-        if session is None or session.answer(question, at=as_of) == entry["answer"]:
+        if session is None:
             return entry
+        entry["model_correct"] = session.answer(question, at=as_of) == entry["answer"]
+        if entry["model_correct"]:
+            return entry
+        fallback = fallback or entry
     return fallback
 
 
 def watched(model, path):
     """A session that has watched the clip as the app does (1 FPS, frames shrunk like uploads)."""
-    from .video import sample_frames
+    from .video import frame_source, sample_frames
 
-    session = model.start_session()
+    session = model.start_session(frame_source=frame_source(path, max_side=DECODE_MAX_SIDE))
     for t, frame in sample_frames(path, fps=1.0, max_side=DECODE_MAX_SIDE):
         session.ingest(frame, t)
     return session

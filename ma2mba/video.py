@@ -119,6 +119,25 @@ def sample_frames(path, fps=1.0, *, max_seconds=MAX_SECONDS, max_bytes=MAX_BYTES
     return _sample(path, fps, max_seconds, max_side, [backend] if backend else BACKENDS, info)
 
 
+def frame_source(path, fps=1.0, **kwargs):
+    """For StreamingSession(frame_source=...): a function (after, until) -> the frames with
+    after < t <= until, decoded again from `path` (rewinds past the session's cached frames).
+    kwargs go to sample_frames, so the frames match those first ingested."""
+
+    def frames(after, until):
+        decoded = sample_frames(path, fps, **kwargs)
+        try:
+            for t, frame in decoded:
+                if t > until:
+                    break
+                if t > after:
+                    yield t, frame
+        finally:
+            decoded.close()
+
+    return frames
+
+
 def _sample(path, fps, max_seconds, max_side, backends, info):
     name = os.path.basename(path)
     last_t = -1.0
