@@ -15,7 +15,7 @@ from ma2mba.examples import load_examples, watched
 from ma2mba.hub import PACKAGED_MODEL_DIR
 from ma2mba.train import TRAIN_SEED_BASE
 
-VIDEOS, MINUTES = 8, 2
+VIDEOS, MINUTES = 16, 2
 
 
 @pytest.fixture(scope="module")
