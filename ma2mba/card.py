@@ -51,6 +51,7 @@ def model_card(model: VideoMa2mba, stages, command: str, wall_seconds: float, ev
                eval_command: str, notes: str = "") -> str:
     c = model.config
     s = c.lm.ssm
+    notes = notes.rstrip() + "\n" if notes else ""
     return f"""---
 license: apache-2.0
 tags: [video-ma2mba, mamba2, video-question-answering, shapeworld]
