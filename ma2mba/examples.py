@@ -117,7 +117,8 @@ def write_examples(folder: Path = EXAMPLES_DIR, model=None) -> dict:
             "height": spec.height, "fps": spec.fps, "bytes": size, "sha256": sha256(path),
             "questions": suggested_questions(video, spec.seed, session), "rewind": rewind_question(video, session),
         })
-    index = {"generator": "python -m ma2mba.examples", "examples": entries}
+    generator = "python -m ma2mba.examples" + (" --model packaged" if model is not None else "")
+    index = {"generator": generator, "examples": entries}
     (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     return index
 
