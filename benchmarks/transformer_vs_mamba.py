@@ -13,7 +13,7 @@ Sections (run all, or some with --only; results/transformer_vs_mamba.json is mer
   inference  Streaming frames (2 tokens each at 1 FPS): bytes of the recurrent state vs the KV cache
              after 1 min … 2 h of video, and milliseconds to ingest one more frame at that point.
   accuracy   `ma2mba.evaluate` on held-out videos for the models that `python -m ma2mba train
-             --recipe shapes_small [--lm transformer]` wrote (see benchmarks/transformer_vs_mamba.md).
+             --recipe shapes_small [--lm transformer]` wrote (not yet run: the two models have not been trained).
 
     python benchmarks/transformer_vs_mamba.py --only training,inference
     python benchmarks/transformer_vs_mamba.py --only accuracy --runs runs/tvm_mamba2 runs/tvm_transformer

@@ -81,8 +81,8 @@ RECIPES = {
               tokens_per_step=4096, asks_per_step=256, caption_share=0.1,
               checkpointing="multi_axis", checkpointing_from=512),
     ],
-    # "shapes" at a budget the Transformer baseline is compared on (benchmarks/transformer_vs_mamba.md), about
-    # 35 min per model on one core: the same stages, data, curriculum and schedules with fewer steps (vision 2/3,
+    # "shapes" at a budget the Transformer baseline is compared on (the accuracy section of
+    # benchmarks/transformer_vs_mamba.py), about 35 min per model on one core: the same stages, data, curriculum and schedules with fewer steps (vision 2/3,
     # align 1/4, captions 1/8, qa 1/16, so a length is promoted after 20 steps instead of 40), 1/8 of the video
     # tokens and asks per step, and no gradient checkpointing (it changes memory, not the maths).
     "shapes_small": [
