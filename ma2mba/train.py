@@ -82,9 +82,10 @@ RECIPES = {
               checkpointing="multi_axis", checkpointing_from=512),
     ],
     # "shapes" at a budget the Transformer baseline is compared on (the accuracy section of
-    # benchmarks/transformer_vs_mamba.py), about 35 min per model on one core: the same stages, data, curriculum and schedules with fewer steps (vision 2/3,
-    # align 1/4, captions 1/8, qa 1/16, so a length is promoted after 20 steps instead of 40), 1/8 of the video
-    # tokens and asks per step, and no gradient checkpointing (it changes memory, not the maths).
+    # benchmarks/transformer_vs_mamba.py), about 35 min per model on one core: the same stages, data,
+    # curriculum and schedules with fewer steps (vision 2/3, align 1/4, captions 1/8, qa 1/16, so a length
+    # is promoted after 20 steps instead of 40), 1/8 of the video tokens and asks per step, and no
+    # gradient checkpointing (it changes memory, not the maths).
     "shapes_small": [
         Stage("vision", "kinds", steps=800, lr=2e-3, frames_per_step=128, train_vision=True, warmup=50),
         Stage("align", "frames", steps=150, lr=2e-3, warmup=20),
