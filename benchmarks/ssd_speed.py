@@ -53,9 +53,9 @@ CONFIGS = {"256x8": dict(d_model=256, n_layer=8), "130m_4_layers": dict(d_model=
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
 
-def median_seconds(fns: dict, repeats: int) -> dict:
-    """Median wall time of each function, run in turns (a, b, c, a, b, c, …) after one warm-up each,
-    so that a load spike on this shared machine hits all of them alike."""
+def timed_rounds(fns: dict, repeats: int) -> dict:
+    """Wall times of each function over `repeats` rounds, run in turns (a, b, c, a, b, c, …) after
+    one warm-up each, so that a load spike on this shared machine hits all of them alike."""
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
@@ -64,7 +64,12 @@ def median_seconds(fns: dict, repeats: int) -> dict:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def median_seconds(fns: dict, repeats: int) -> dict:
+    """Median wall time of each function over rounds run in turns (timed_rounds)."""
+    return {name: statistics.median(t) for name, t in timed_rounds(fns, repeats).items()}
 
 
 def autocast(dtype_name):
@@ -267,6 +272,8 @@ def hf_lm(ours: Mamba2LM):
 
 
 def hf_section(lengths, repeats):
+    """Speed-ups are medians of per-round ratios: each round times ours and theirs back to back, so
+    the ratio cancels the load of that moment (transformers' times swing ±10% here between runs)."""
     rows = []
     for name in CONFIGS:
         ours = build_lm(name)
@@ -274,19 +281,23 @@ def hf_section(lengths, repeats):
         for dtype_name in DTYPES:
             for length in lengths:
                 ids = torch.randint(0, VOCAB, (1, length))
-                row = dict(config=name, dtype=dtype_name, length=length)
+                row = dict(config=name, dtype=dtype_name, length=length, rounds=repeats)
                 for kind, backward in (("fwd", False), ("fwd_bwd", True)):
                     theirs.train(backward)
-                    seconds = median_seconds({
+                    times = timed_rounds({
                         "ma2mba": lm_runner(lambda x: ours(x).logits, ids, dtype_name, backward),
                         "transformers": lm_runner(lambda x: theirs(x, use_cache=False).logits, ids, dtype_name, backward),
                     }, repeats)
-                    row.update({f"{kind}_tok_s_ma2mba": length / seconds["ma2mba"],
-                                f"{kind}_tok_s_transformers": length / seconds["transformers"],
-                                f"{kind}_speedup": seconds["transformers"] / seconds["ma2mba"]})
+                    ratios = [t / o for o, t in zip(times["ma2mba"], times["transformers"])]
+                    row.update({f"{kind}_tok_s_ma2mba": length / statistics.median(times["ma2mba"]),
+                                f"{kind}_tok_s_transformers": length / statistics.median(times["transformers"]),
+                                f"{kind}_speedup": statistics.median(ratios),
+                                f"{kind}_speedup_range": [min(ratios), max(ratios)]})
                 rows.append(row)
                 print(f"  hf {name:14s} {dtype_name} L={length:5d}  fwd speedup {row['fwd_speedup']:.2f}x"
-                      f"  fwd+bwd speedup {row['fwd_bwd_speedup']:.2f}x", flush=True)
+                      f" ({row['fwd_speedup_range'][0]:.2f}-{row['fwd_speedup_range'][1]:.2f})"
+                      f"  fwd+bwd speedup {row['fwd_bwd_speedup']:.2f}x"
+                      f" ({row['fwd_bwd_speedup_range'][0]:.2f}-{row['fwd_bwd_speedup_range'][1]:.2f})", flush=True)
     return rows
 
 
@@ -418,6 +429,14 @@ def memory_section(lengths):
     return rows
 
 
+def transformers_version():
+    try:
+        import transformers
+        return transformers.__version__
+    except ImportError:
+        return None
+
+
 def cpu_name() -> str:
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
@@ -452,11 +471,17 @@ def markdown(results) -> str:
         steps = [r for r in results["model"] if r.get("mode") == "step"]
         table(["config", "dtype", "decoding with `step`, tok/s"], [(r["config"], r["dtype"], f"{r['fwd_tok_s']:.1f}") for r in steps])
     if "hf" in results:
+        def span(r, kind):  # the per-round range, where the run recorded it
+            lo_hi = r.get(f"{kind}_speedup_range")
+            return f" ({lo_hi[0]:.2f}–{lo_hi[1]:.2f})" if lo_hi else ""
+
+        out.append(f"transformers {m.get('transformers')}; speed-up = median over {results['hf'][0].get('rounds', 3)} rounds "
+                   "of theirs/ours timed back to back (min–max in brackets).\n")
         table(["config", "dtype", "tokens", "fwd tok/s ma2mba", "fwd tok/s transformers", "fwd speed-up",
                "fwd+bwd tok/s ma2mba", "fwd+bwd tok/s transformers", "fwd+bwd speed-up"],
               [(r["config"], r["dtype"], r["length"], f"{r['fwd_tok_s_ma2mba']:.0f}", f"{r['fwd_tok_s_transformers']:.0f}",
-                f"**{r['fwd_speedup']:.2f}×**", f"{r['fwd_bwd_tok_s_ma2mba']:.0f}", f"{r['fwd_bwd_tok_s_transformers']:.0f}",
-                f"**{r['fwd_bwd_speedup']:.2f}×**") for r in results["hf"]])
+                f"**{r['fwd_speedup']:.2f}×**" + span(r, "fwd"), f"{r['fwd_bwd_tok_s_ma2mba']:.0f}", f"{r['fwd_bwd_tok_s_transformers']:.0f}",
+                f"**{r['fwd_bwd_speedup']:.2f}×**" + span(r, "fwd_bwd")) for r in results["hf"]])
     if "scan" in results:
         table(["scan (one 130m layer: 24 heads × 64, state 128)", "dtype", "tokens run", "fwd µs/token", "fwd+bwd µs/token"],
               [(r["impl"] + (" (extrapolated)" if r["extrapolated"] else ""), r["dtype"], r["length"],
@@ -483,6 +508,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="roofline,scan,model,hf,ablation,memory")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hf-repeats", type=int, default=7, help="rounds for the transformers comparison")
     parser.add_argument("--lengths", default="1024,4096,16384")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (see above)")
     parser.add_argument("--out", default=str(ROOT / "results" / "ssd_speed.json"))
@@ -496,7 +522,7 @@ def main():
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     results["machine"] = dict(cpu=cpu_name(), cores=os.cpu_count(), threads=torch.get_num_threads(),
-                              torch=torch.__version__, load_average=os.getloadavg())
+                              torch=torch.__version__, transformers=transformers_version(), load_average=os.getloadavg())
     sections = args.only.split(",")
     if "roofline" in sections:
         results["roofline"] = roofline()
@@ -506,7 +532,7 @@ def main():
     if "model" in sections:
         results["model"] = model_section(lengths, args.repeats)
     if "hf" in sections:
-        results["hf"] = hf_section([4096], args.repeats)
+        results["hf"] = hf_section([4096], args.hf_repeats)
     if "ablation" in sections:
         results["ablation"] = ablation_section(4096, args.repeats)
     if "memory" in sections:
