@@ -13,7 +13,8 @@ Sections (run all, or some with --only; results/transformer_vs_mamba.json is mer
   inference  Streaming frames (2 tokens each at 1 FPS): bytes of the recurrent state vs the KV cache
              after 1 min … 2 h of video, and milliseconds to ingest one more frame at that point.
   accuracy   `ma2mba.evaluate` on held-out videos for the models that `python -m ma2mba train
-             --recipe shapes_small [--lm transformer]` wrote (not yet run: the two models have not been trained).
+             --recipe shapes_small [--lm transformer]` wrote (the two --runs may also be measured by two
+             processes at once, one run each: each adds its model's entry to the JSON).
 
     python benchmarks/transformer_vs_mamba.py --only training,inference
     python benchmarks/transformer_vs_mamba.py --only accuracy --runs runs/tvm_mamba2 runs/tvm_transformer
@@ -248,25 +249,31 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
 
-    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if not args.report_only:
         torch.set_num_threads(args.threads)
         only = args.only.split(",")
-        data["setup"] = dict(
+        new = dict(setup=dict(
             torch=torch.__version__, machine=platform.machine(), threads=args.threads,
             mamba2=packaged_config().lm.to_dict(), transformer=matched_transformer_config(packaged_config().lm).to_dict(),
-            lm_parameters={v: count_parameters(make_lm(v)) for v in ("mamba2", "transformer")})
+            lm_parameters={v: count_parameters(make_lm(v)) for v in ("mamba2", "transformer")}))
         if "training" in only:
             print("training step:")
-            data["training"] = measure_training([int(k) for k in args.log2.split(",")], args.repeats)
+            new["training"] = measure_training([int(k) for k in args.log2.split(",")], args.repeats)
         if "inference" in only:
             print("streaming:")
-            data["inference"] = measure_inference([int(m) for m in args.minutes.split(",")], args.repeats)
+            new["inference"] = measure_inference([int(m) for m in args.minutes.split(",")], args.repeats)
         if "accuracy" in only:
             sets = dict(tuple(map(int, s.split(":"))) for s in args.eval.split(","))
-            data["accuracy"] = measure_accuracy(args.runs, sets)
+            new["accuracy"] = measure_accuracy(args.runs, sets)
+        # Read the file only now: the two models' accuracy can be measured by two processes at once
+        # (one --runs each), and each adds its model's entry.
+        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        data.setdefault("accuracy", {}).update(new.pop("accuracy", {}))
+        data.update(new)
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps(data, indent=1) + "\n")
+    else:
+        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     report(data)
 
 

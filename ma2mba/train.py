@@ -82,17 +82,17 @@ RECIPES = {
               checkpointing="multi_axis", checkpointing_from=512),
     ],
     # "shapes" at a budget the Transformer baseline is compared on (the accuracy section of
-    # benchmarks/transformer_vs_mamba.py), about 35 min per model on one core: the same stages, data,
-    # curriculum and schedules with fewer steps (vision 2/3, align 1/4, captions 1/8, qa 1/16, so a length
-    # is promoted after 20 steps instead of 40), 1/8 of the video tokens and asks per step, and no
-    # gradient checkpointing (it changes memory, not the maths).
+    # benchmarks/transformer_vs_mamba.py), about 30 min per model on one core: the same stages, data,
+    # curriculum lengths and promotion threshold, with fewer steps (vision 2/3, align 1/4, captions 3/10,
+    # qa 5/9, and a length can be promoted after 20 steps instead of 30), 1/4 of the video tokens and
+    # 1/2 of the asks per qa step, and no gradient checkpointing (it changes memory, not the maths).
     "shapes_small": [
         Stage("vision", "kinds", steps=800, lr=2e-3, frames_per_step=128, train_vision=True, warmup=50),
         Stage("align", "frames", steps=150, lr=2e-3, warmup=20),
         Stage("captions", "captions", steps=60, lr=1e-3, lengths=(16, 32, 64, 128), moments=6,
               asks_per_step=24, tokens_per_step=1024, warmup=10),
-        Stage("qa", "qa", steps=250, lr=1e-3, lengths=(16, 32, 64, 128, 256, 512, 768), min_steps=20,
-              caption_share=0.1, asks_per_step=48, tokens_per_step=1024, warmup=20),
+        Stage("qa", "qa", steps=500, lr=1e-3, lengths=(16, 32, 64, 128, 256, 512), promote_at=0.6, min_steps=20,
+              caption_share=0.1, asks_per_step=128, tokens_per_step=1024, warmup=20),
     ],
     # A few steps of everything: the tests and `--recipe smoke` use it to exercise the whole loop.
     "smoke": [
