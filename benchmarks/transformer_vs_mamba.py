@@ -237,6 +237,26 @@ def report(data: dict) -> None:
     draw(data)
 
 
+def measure(args) -> dict:
+    """The sections named by --only, and the setup they ran on."""
+    torch.set_num_threads(args.threads)
+    only = args.only.split(",")
+    new = dict(setup=dict(
+        torch=torch.__version__, machine=platform.machine(), threads=args.threads,
+        mamba2=packaged_config().lm.to_dict(), transformer=matched_transformer_config(packaged_config().lm).to_dict(),
+        lm_parameters={v: count_parameters(make_lm(v)) for v in ("mamba2", "transformer")}))
+    if "training" in only:
+        print("training step:")
+        new["training"] = measure_training([int(k) for k in args.log2.split(",")], args.repeats)
+    if "inference" in only:
+        print("streaming:")
+        new["inference"] = measure_inference([int(m) for m in args.minutes.split(",")], args.repeats)
+    if "accuracy" in only:
+        sets = dict(tuple(map(int, s.split(":"))) for s in args.eval.split(","))
+        new["accuracy"] = measure_accuracy(args.runs, sets)
+    return new
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="training,inference", help="comma-separated: training,inference,accuracy")
@@ -249,31 +269,15 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
 
-    if not args.report_only:
-        torch.set_num_threads(args.threads)
-        only = args.only.split(",")
-        new = dict(setup=dict(
-            torch=torch.__version__, machine=platform.machine(), threads=args.threads,
-            mamba2=packaged_config().lm.to_dict(), transformer=matched_transformer_config(packaged_config().lm).to_dict(),
-            lm_parameters={v: count_parameters(make_lm(v)) for v in ("mamba2", "transformer")}))
-        if "training" in only:
-            print("training step:")
-            new["training"] = measure_training([int(k) for k in args.log2.split(",")], args.repeats)
-        if "inference" in only:
-            print("streaming:")
-            new["inference"] = measure_inference([int(m) for m in args.minutes.split(",")], args.repeats)
-        if "accuracy" in only:
-            sets = dict(tuple(map(int, s.split(":"))) for s in args.eval.split(","))
-            new["accuracy"] = measure_accuracy(args.runs, sets)
-        # Read the file only now: the two models' accuracy can be measured by two processes at once
-        # (one --runs each), and each adds its model's entry.
-        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    new = {} if args.report_only else measure(args)
+    # Read the file only now: the two models' accuracy can be measured by two processes at once
+    # (one --runs each), and each adds its model's entry.
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if new:
         data.setdefault("accuracy", {}).update(new.pop("accuracy", {}))
         data.update(new)
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps(data, indent=1) + "\n")
-    else:
-        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     report(data)
 
 
