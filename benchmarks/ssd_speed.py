@@ -302,11 +302,12 @@ def hf_section(lengths, repeats):
 
 
 # ---------------------------------------------------------------- ablation
-def torch_conv1d(x, weight, bias, conv_state):
-    """The depthwise conv as torch's grouped conv1d (what ma2mba replaced): x (b, l, dim)."""
+def torch_conv1d(x, weight, bias, conv_state, silu=False):
+    """The depthwise conv as torch's grouped conv1d (what ma2mba replaced), then SiLU: x (b, l, dim)."""
     w = weight.shape[-1]
     xs = torch.cat([conv_state.to(x.dtype), x.transpose(1, 2)], dim=-1)  # (b, dim, w - 1 + l)
     y = F.conv1d(xs, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), groups=x.shape[-1])
+    y = F.silu(y) if silu else y
     return y.transpose(1, 2), xs[..., xs.shape[-1] - (w - 1):].clone()
 
 
@@ -332,7 +333,8 @@ def ablation_steps(lm):
     """Cumulative: each step adds one change to the one before; the last is ma2mba as it is."""
     from ma2mba import mamba2, ssd
 
-    whole = {(lm.backbone, "segment_tokens"): 1 << 40}  # one segment however long the input
+    whole = {(lm.backbone, "segment_tokens"): 1 << 40,  # one segment however long the input
+             (mamba2, "CACHE_BLOCK_ELEMENTS"): 1 << 40}  # conv and gated norm over whole tensors
     steps = [
         ("paper listing scan, autograd backward (T=256)", {(mamba2, "ssd_scan"): listing_scan, (ssd, "CPU_MAX_CHUNK"): 256,
                                                            (mamba2, "causal_conv1d"): torch_conv1d, (mamba2, "checkpoint"): no_checkpoint}),
@@ -342,7 +344,10 @@ def ablation_steps(lm):
         ("+ causal conv as taps with its own backward", {(mamba2, "checkpoint"): no_checkpoint}),
         ("+ recompute the mixer interior in backward", {}),
     ]
-    return [(label, {**whole, **patches}) for label, patches in steps] + [("+ segments of 2048 positions (= ma2mba)", {})]
+    return [(label, {**whole, **patches}) for label, patches in steps] + [
+        ("+ segments of 2048 positions", {(mamba2, "CACHE_BLOCK_ELEMENTS"): 1 << 40}),
+        ("+ conv (with its SiLU) and gated norm in cache-sized blocks (= ma2mba)", {}),
+    ]
 
 
 def patched(patches):

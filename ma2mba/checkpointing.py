@@ -50,7 +50,7 @@ residual), C_S = the bytes of one layer's (conv, ssm) state, C_io = 3·d_model·
 vocab·d_model·bytes when the head is tied (else 0), C_end = 3·C_head tied, vocab·d_model·bytes
 untied. A(s) and W(s) are what OUR layer keeps and works with, so they are measured: the forward
 and backward of one layer and of two are traced on fake tensors (shapes, no data; see memory.py),
-at one and at two scan chunks. That takes a fraction of a second, once per config and dtype, and
+at one, two, four and eight scan chunks (A from the first two; W with the steepest slope among them). That takes a fraction of a second, once per config and dtype, and
 follows any change to the layer's implementation. Autocast is not modelled: under bf16 autocast
 the prediction for float32 is an upper bound.
 """
@@ -341,7 +341,12 @@ class _CostModel:
             return one.saved, one.work
         one, two = _trace_layer(self.config, self.dtype, T), _trace_layer(self.config, self.dtype, 2 * T)
         extra = (s - T) / T  # in chunks; the scan pads at most one short chunk of its own
-        return one.saved + extra * (two.saved - one.saved), one.work + extra * (two.work - one.work)
+        # The working memory is not quite affine at a few chunks: which moment of the backward is
+        # the peak can change with the length. Its steepest slope up to 8 chunks keeps W an upper bound.
+        chunks = (1, 2, 4, 8)
+        works = [_trace_layer(self.config, self.dtype, k * T).work for k in chunks]
+        work_slope = max((works[i + 1] - works[i]) / (chunks[i + 1] - chunks[i]) for i in range(len(chunks) - 1))
+        return one.saved + extra * (two.saved - one.saved), one.work + extra * work_slope
 
     def peak(self, l, s, S, recompute=True, work_tokens=None):
         """work_tokens: the length one layer's backward works on at a time (default: the cell's s)."""

@@ -27,6 +27,7 @@ On CUDA, when mamba_ssm is importable, both functions hand the same call to its 
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -98,9 +99,7 @@ def ssd_scan(
         return y, final
 
     dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (b, l, h)
-    y, final = ChunkedScan.apply(x, dt, A, B, C, min(chunk_size, CPU_MAX_CHUNK), initial_state)
-    if D is not None:
-        y = y + x * (D[:, None] if D.dim() == 1 else D).to(x.dtype)
+    y, final = ChunkedScan.apply(x, dt, A, B, C, min(chunk_size, CPU_MAX_CHUNK), initial_state, D)
     if z is not None:
         y = y * F.silu(z)
     return y, final
@@ -132,6 +131,7 @@ class _Chunks:
         self.cum = (self.dt * A.to(self.dt.dtype)).cumsum(2)  # (b, c, T, h): log-decay from the chunk start
         self.to_end = torch.exp(self.cum[:, :, -1:] - self.cum)  # (b, c, T, h): decay to the chunk end
         self.chunk_decay = torch.exp(self.cum[:, :, -1])  # (b, c, h)
+        self.upper = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
 
     def grouped(self, t):
         """(b, c, T, h, p) -> (b, c, g, T, k·p)."""
@@ -147,26 +147,35 @@ class _Chunks:
         """(b, c, T, h, p) -> (b, c, h, T, p) for the per-head (T, T) products."""
         return t.permute(0, 1, 3, 2, 4)
 
-    def decay_matrix(self):
-        """(b, c, h, T, T): exp(cum_i - cum_j) for i >= j, 0 above the diagonal.
+    def each_chunk(self):
+        """(batch index, chunk index) of every chunk.
+
+        The (T, T) work runs one chunk at a time: a chunk's (h, T, T) matrices (~400 KB at the
+        mamba2-130m shape) stay in cache through its few steps, where whole-tensor steps would each
+        stream 12 MB from memory; and one chunk's heads-first view of a position-major tensor is a
+        strided batch that bmm reads as it is, where a 5-d matmul would copy it first.
+        """
+        return itertools.product(range(self.x.shape[0]), range(self.c))
+
+    def decay_matrix(self, i, j, out):
+        """(h, T, T) of chunk j in batch i, into out: exp(cum_s - cum_t) for s >= t, 0 above the diagonal.
 
         A difference of two cumulative sums inside one chunk, in the state dtype (as mamba_ssm's
         kernels compute it); the chunk is short, so the sums stay small.
         """
-        cum = self.cum.transpose(2, 3).contiguous()  # (b, c, h, T); contiguous so that L is too
-        L = cum[..., :, None] - cum[..., None, :]
-        upper = torch.ones(self.T, self.T, dtype=torch.bool, device=L.device).triu(1)
-        return L.masked_fill_(upper, -torch.inf).exp_()
+        cum = self.cum[i, j].t()  # (h, T)
+        torch.sub(cum[:, :, None], cum[:, None, :], out=out)
+        return out.masked_fill_(self.upper, -torch.inf).exp_()
 
     def mix_heads(self, per_head, per_group):
-        """per_head (b, c, h, T, T) * per_group (b, c, g, T, T), each group's matrix applied to its heads."""
-        b, c, h, T, _ = per_head.shape
-        return (per_head.view(b, c, self.g, h // self.g, T, T) * per_group[:, :, :, None]).view(b, c, h, T, T)
+        """per_head (h, T, T) * per_group (g, T, T), each group's matrix applied to its heads."""
+        h, T, _ = per_head.shape
+        return (per_head.view(self.g, h // self.g, T, T) * per_group[:, None]).view(h, T, T)
 
-    def sum_heads(self, per_head):
-        """(b, c, h, T, T) -> (b, c, g, T, T), summing the heads of each group."""
-        b, c, h, T, _ = per_head.shape
-        return per_head.view(b, c, self.g, h // self.g, T, T).sum(3)
+    def sum_heads(self, per_head, out):
+        """(h, T, T) -> (g, T, T) into out, summing the heads of each group."""
+        h, T, _ = per_head.shape
+        return torch.sum(per_head.view(self.g, h // self.g, T, T), 1, out=out)
 
     def chunk_states(self):
         """(b, c, h, p, n): the state each chunk builds from zero, Σ_t to_end_t · xdt_t ⊗ B_t."""
@@ -203,37 +212,42 @@ class _Chunks:
 
 
 class ChunkedScan(torch.autograd.Function):
-    """(x, dt, A, B, C, chunk_size, initial_state) -> y (b, l, h, p), final state (b, h, p, n).
+    """(x, dt, A, B, C, chunk_size, initial_state, D) -> y (b, l, h, p), final state (b, h, p, n).
 
-    dt is already discretised (state dtype). No D skip, no gate: `ssd_scan` adds those.
+    dt is already discretised (state dtype). D (h,) or (h, p) or None is the skip y += D·x, added
+    here in place (a separate op would cost a new tensor and two passes). No gate: `ssd_scan` adds it.
     """
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, chunk_size, initial_state):
+    def forward(ctx, x, dt, A, B, C, chunk_size, initial_state, D):
         with torch.autocast(x.device.type, enabled=False):
             ch = _Chunks(x, dt, A, B, C, chunk_size)
             entering, final = ch.entering_states(initial_state)  # (b, c, h, p, n)
 
             # Inside each chunk: y_i = Σ_{j<=i} (C_i·B_j) exp(cum_i - cum_j) xdt_j, the quadratic form.
             CB = (ch.C @ ch.B.transpose(-1, -2)).to(ch.dt.dtype)  # (b, c, g, T, T)
-            L = ch.decay_matrix()  # (b, c, h, T, T)
-            M = ch.mix_heads(L, CB)
-            y_intra = M.to(ch.mm) @ ch.heads_first(ch.xdt)  # (b, c, h, T, p)
-            del M
+            L = torch.empty(*CB.shape[:2], ch.h, ch.T, ch.T, dtype=CB.dtype, device=CB.device)  # decays, for backward
+            y_intra = torch.empty(*CB.shape[:2], ch.h, ch.T, ch.p, dtype=ch.mm, device=CB.device)
+            xdt_h = ch.heads_first(ch.xdt)  # (b, c, h, T, p)
+            for i, j in ch.each_chunk():
+                M = ch.mix_heads(ch.decay_matrix(i, j, out=L[i, j]), CB[i, j])  # (h, T, T)
+                torch.bmm(M.to(ch.mm), xdt_h[i, j], out=y_intra[i, j])
 
-            # What the entering state contributes: exp(cum_i) · state @ C_i.
+            # What the entering state contributes: exp(cum_i) · state @ C_i (y_off is state @ C_i).
             y_off = ch.ungrouped(ch.C @ ch.states_grouped(entering).transpose(-1, -2))  # (b, c, T, h, p)
-            y_off *= torch.exp(ch.cum)[..., None].to(ch.mm)
-            y = y_off + ch.heads_first(y_intra)
+            y = torch.addcmul(ch.heads_first(y_intra), y_off, torch.exp(ch.cum)[..., None].to(ch.mm),
+                              out=torch.empty_like(y_off))  # position-major, like the input
+            if D is not None:
+                y.addcmul_(ch.x, _skip_weight(D, ch.mm))
         # Backward needs these again. The model runs the scan under activation checkpointing, so
         # they live only while one layer's backward runs; the inputs are all it keeps longer.
-        ctx.save_for_backward(x, dt, A, B, C, initial_state, entering, L, CB, y_off)
+        ctx.save_for_backward(x, dt, A, B, C, initial_state, D, entering, L, CB, y_off)
         ctx.chunk_size = chunk_size
         return ch.unpad(y), final
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        x, dt, A, B, C, initial_state, entering, L, CB, y_off = ctx.saved_tensors
+        x, dt, A, B, C, initial_state, D, entering, L, CB, y_off = ctx.saved_tensors
         with torch.autocast(x.device.type, enabled=False):
             ch = _Chunks(x, dt, A, B, C, ctx.chunk_size)
             sdt, mm = ch.dt.dtype, ch.mm
@@ -242,40 +256,51 @@ class ChunkedScan(torch.autograd.Function):
 
             # Intra-chunk form, with M = CB ∘ L (L the decay matrix).
             dy_h, xdt_h = ch.heads_first(dy), ch.heads_first(ch.xdt)  # (b, c, h, T, p)
-            dML = (dy_h @ xdt_h.transpose(-1, -2)).to(sdt).mul_(L)  # dM ∘ L, (b, c, h, T, T)
-            dCB = ch.sum_heads(dML).to(mm)  # (b, c, g, T, T)
+            dCB = torch.empty_like(CB)  # (b, c, g, T, T)
+            dxdt_intra = torch.empty_like(y_off).permute(0, 1, 3, 2, 4)  # (b, c, h, T, p), position-major memory
+            for i, j in ch.each_chunk():
+                dML = torch.bmm(dy_h[i, j], xdt_h[i, j].transpose(-1, -2)).to(sdt).mul_(L[i, j])  # dM ∘ L
+                ch.sum_heads(dML, out=dCB[i, j])
+                M = ch.mix_heads(L[i, j], CB[i, j])
+                torch.bmm(M.to(mm).transpose(-1, -2), dy_h[i, j], out=dxdt_intra[i, j])
+                E = ch.mix_heads(dML, CB[i, j])  # dM ∘ M: d/d(cum_s - cum_t)
+                dcum[i, j] += (E.sum(-1) - E.sum(-2)).t()
+            del L, CB
+            dCB = dCB.to(mm)
             dC = dCB @ ch.B
             dB = dCB.transpose(-1, -2) @ ch.C
-            M = ch.mix_heads(L, CB)
-            dxdt = ch.heads_first(M.to(mm).transpose(-1, -2) @ dy_h).to(sdt)  # (b, c, T, h, p)
-            E = ch.mix_heads(dML, CB)  # dM ∘ M: d/d(cum_i - cum_j)
-            dcum += (E.sum(-1) - E.sum(-2)).transpose(2, 3)
-            del M, E, dML, L, CB, dCB
+            del dCB
 
-            # The entering state's contribution y_off_i = exp(cum_i) state @ C_i.
+            # The entering state's contribution exp(cum_i) · y_off_i, y_off_i = state @ C_i.
             dye = dy * torch.exp(ch.cum)[..., None].to(mm)  # (b, c, T, h, p)
             dC += ch.grouped(dye) @ ch.states_grouped(entering)
-            dcum += (dy.to(sdt) * y_off.to(sdt)).sum(-1)
+            dcum += (dye.to(sdt) * y_off.to(sdt)).sum(-1)
 
             # Gradients w.r.t. the states leaving each chunk, walking the chunks backwards.
             from_y = ch.grouped(dye).transpose(-1, -2) @ ch.C  # (b, c, g, k·p, n): Σ_i exp(cum_i) dy_i ⊗ C_i
             from_y = from_y.view_as(entering).to(sdt)
+            # state_leaving = chunk_decay · state_entering + chunk_state, so chunk_decay's gradient is
+            # d_leaving · state_entering: taken in the loop, while d_leaving[:, k] is still in cache.
             d_leaving = torch.empty_like(entering)
             d_leaving[:, -1] = dfinal if dfinal is not None else 0
+            d_decay = torch.empty_like(ch.chunk_decay)  # (b, c, h)
             with one_thread():
-                for k in range(ch.c - 1, 0, -1):
-                    torch.addcmul(from_y[:, k], d_leaving[:, k], ch.chunk_decay[:, k, :, None, None], out=d_leaving[:, k - 1])
+                for k in range(ch.c - 1, -1, -1):
+                    torch.linalg.vecdot(d_leaving[:, k].flatten(-2), entering[:, k].flatten(-2), out=d_decay[:, k])
+                    if k > 0:
+                        torch.addcmul(from_y[:, k], d_leaving[:, k], ch.chunk_decay[:, k, :, None, None], out=d_leaving[:, k - 1])
             d_initial = None
             if initial_state is not None:
                 d_initial = torch.addcmul(from_y[:, 0], d_leaving[:, 0], ch.chunk_decay[:, 0, :, None, None])
-            # state_leaving = chunk_decay · state_entering + chunk_state
-            dcum[:, :, -1] += ch.chunk_decay * (d_leaving * entering).sum((-1, -2))
+            dcum[:, :, -1] += ch.chunk_decay * d_decay
 
             # chunk_state = Σ_j to_end_j · xdt_j ⊗ B_j
             G = ch.states_grouped(d_leaving)  # (b, c, g, k·p, n)
             GB = ch.ungrouped(ch.B @ G.transpose(-1, -2)).to(sdt)  # (b, c, T, h, p): d_leaving @ B_j
             to_end = ch.to_end[..., None]
-            dxdt += GB * to_end
+            # out= keeps dxdt position-major, as dx must be (the heads-first layout would need a copy)
+            dxdt = torch.addcmul(ch.heads_first(dxdt_intra).to(sdt), GB, to_end, out=torch.empty_like(GB))
+            del dxdt_intra
             d_to_end = (GB * ch.xdt.to(sdt)).sum(-1) * ch.to_end  # (b, c, T, h), times to_end for exp'
             dcum[:, :, -1] += d_to_end.sum(2)
             dcum -= d_to_end
@@ -286,6 +311,11 @@ class ChunkedScan(torch.autograd.Function):
             ddt = dlog * A.to(sdt) + (dxdt * ch.x.to(sdt)).sum(-1)
             dA = (dlog * ch.dt).sum((0, 1, 2)).to(A.dtype)
             dx = dxdt * ch.dt[..., None]
+            dD = None
+            if D is not None:
+                dx.addcmul_(dy, _skip_weight(D, sdt))
+                dD = (dy.to(sdt) * ch.x.to(sdt)).sum((0, 1, 2))  # (h, p)
+                dD = (dD.sum(-1) if D.dim() == 1 else dD).to(D.dtype)
 
             b = x.shape[0]
             dB = dB.transpose(2, 3).reshape(b, -1, ch.g, ch.n)
@@ -293,9 +323,14 @@ class ChunkedScan(torch.autograd.Function):
             grads = (
                 ch.unpad(dx).to(x.dtype), ch.unpad(ddt).to(dt.dtype), dA,
                 dB[:, : ch.l].to(B.dtype), dC[:, : ch.l].to(C.dtype), None,
-                None if d_initial is None else d_initial.to(initial_state.dtype),
+                None if d_initial is None else d_initial.to(initial_state.dtype), dD,
             )
         return grads
+
+
+def _skip_weight(D, dtype):
+    """D (h,) or (h, p) -> a factor that broadcasts over (…, h, p)."""
+    return (D[:, None] if D.dim() == 1 else D).to(dtype)
 
 
 def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True, dt_limit=NO_DT_LIMIT):

@@ -8,7 +8,8 @@ import torch
 from tiny import check_split_and_step_identity
 
 from ma2mba import Mamba2Config, Mamba2LM, State
-from ma2mba.mamba2 import CausalConv1dFunction, RMSNormFunction, causal_conv1d
+from ma2mba import mamba2
+from ma2mba.mamba2 import CausalConv1dFunction, GatedRMSNormFunction, RMSNormFunction, causal_conv1d
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -115,26 +116,46 @@ def test_gradcheck_through_the_state_path():
     assert torch.autograd.gradcheck(run, (embeds, conv0, ssm0), fast_mode=True)
 
 
-def test_custom_functions_gradcheck():
+@pytest.mark.parametrize("block_elements", [1 << 30, 7])  # one block; blocks of a position or two
+def test_custom_functions_gradcheck(monkeypatch, block_elements):
+    monkeypatch.setattr(mamba2, "CACHE_BLOCK_ELEMENTS", block_elements)
     gen = torch.Generator().manual_seed(4)
 
     def randn(*shape):
         return torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
 
     xs, taps, bias = randn(2, 9, 5), randn(4, 5), randn(5)
-    assert torch.autograd.gradcheck(CausalConv1dFunction.apply, (xs, taps, bias))
-    assert torch.autograd.gradcheck(lambda a, b: CausalConv1dFunction.apply(a, b, None), (xs, taps))
+    for silu in (False, True):
+        assert torch.autograd.gradcheck(lambda a, b, c: CausalConv1dFunction.apply(a, b, c, silu), (xs, taps, bias))
+        assert torch.autograd.gradcheck(lambda a, b: CausalConv1dFunction.apply(a, b, None, silu), (xs, taps))
     x, w = randn(3, 4, 7), randn(7)
     assert torch.autograd.gradcheck(lambda a, b: RMSNormFunction.apply(a, b, 1e-5), (x, w))
+    x, z, w = randn(2, 5, 6), randn(2, 5, 6), randn(6)
+    assert torch.autograd.gradcheck(lambda a, b, c: GatedRMSNormFunction.apply(a, b, c, 3, 1e-5), (x, z, w))
 
 
-def test_causal_conv_matches_torch_conv1d():
+@pytest.mark.parametrize("block_elements", [1 << 30, 50])
+def test_gated_norm_matches_the_formula(monkeypatch, block_elements):
+    """norm_before_gate=False: RMSNorm(x * silu(z)) per group, written out with torch ops."""
+    monkeypatch.setattr(mamba2, "CACHE_BLOCK_ELEMENTS", block_elements)
+    gen = torch.Generator().manual_seed(8)
+    zx = torch.randn(3, 11, 20, generator=gen, dtype=torch.float64)
+    x, z, w = torch.randn(3, 11, 12, generator=gen, dtype=torch.float64), zx[..., 4:16], torch.randn(12, generator=gen, dtype=torch.float64)
+    u = (x * torch.nn.functional.silu(z)).unflatten(-1, (3, 4))
+    want = (u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + 1e-5)).flatten(-2) * w
+    torch.testing.assert_close(GatedRMSNormFunction.apply(x, z, w, 4, 1e-5), want, **TIGHT)
+
+
+@pytest.mark.parametrize("block_elements", [1 << 30, 13])
+def test_causal_conv_matches_torch_conv1d(monkeypatch, block_elements):
+    monkeypatch.setattr(mamba2, "CACHE_BLOCK_ELEMENTS", block_elements)
     gen = torch.Generator().manual_seed(5)
     x, weight, bias, state = (torch.randn(*s, generator=gen, dtype=torch.float64) for s in [(2, 10, 6), (6, 1, 4), (6,), (2, 6, 3)])
-    y, new_state = causal_conv1d(x, weight, bias, state)
     want = torch.nn.functional.conv1d(torch.cat([state, x.transpose(1, 2)], -1), weight, bias, groups=6).transpose(1, 2)
-    torch.testing.assert_close(y, want, **TIGHT)
-    torch.testing.assert_close(new_state, x.transpose(1, 2)[..., -3:], rtol=0, atol=0)
+    for silu in (False, True):
+        y, new_state = causal_conv1d(x, weight, bias, state, silu=silu)
+        torch.testing.assert_close(y, torch.nn.functional.silu(want) if silu else want, **TIGHT)
+        torch.testing.assert_close(new_state, x.transpose(1, 2)[..., -3:], rtol=0, atol=0)
 
 
 def test_bf16_autocast_keeps_the_state_float32_and_close_to_float32():
