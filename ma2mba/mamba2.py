@@ -180,10 +180,10 @@ class CausalConv1dFunction(torch.autograd.Function):
                 sig = torch.sigmoid(pre)
                 dpre = dpre * sig * (1 - sig).mul_(pre).add_(1)
             dbias += dpre.sum((0, 1))
+            window = _conv_window(xs, rows, taps_acc)
             for k in range(w):
-                shifted = slice(rows.start + k, rows.stop + k)
-                dxs[:, shifted].addcmul_(dpre, taps_acc[k])
-                dtaps[k] += (dpre * xs[:, shifted]).sum((0, 1))
+                dxs[:, rows.start + k : rows.stop + k].addcmul_(dpre, taps_acc[k])
+                dtaps[k] += (dpre * window[:, k : k + dpre.shape[1]]).sum((0, 1))
         return dxs.to(xs.dtype), dtaps.to(taps.dtype), None if bias is None else dbias.to(bias.dtype), None
 
 
@@ -192,9 +192,16 @@ def _conv_block(xs, taps, bias, rows, out=None, silu=False):
     if out is None:
         out = torch.empty(xs.shape[0], rows.stop - rows.start, xs.shape[2], dtype=taps.dtype, device=xs.device)
     out.copy_(bias) if bias is not None else out.zero_()
+    window = _conv_window(xs, rows, taps)
     for k in range(taps.shape[0]):
-        out.addcmul_(xs[:, rows.start + k : rows.stop + k], taps[k])
+        out.addcmul_(window[:, k : k + out.shape[1]], taps[k])
     return F.silu(out, inplace=True) if silu else out
+
+
+def _conv_window(xs, rows, taps):
+    """The inputs that output positions `rows` read, (b, len(rows) + w - 1, dim), in taps' dtype:
+    converted once per block (w mixed-dtype multiply-adds would each convert it again)."""
+    return xs[:, rows.start : rows.stop + taps.shape[0] - 1].to(taps.dtype)
 
 
 class Mamba2(nn.Module):
