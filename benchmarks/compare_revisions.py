@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import ma2mba  # noqa: E402
-from ssd_speed import CONFIGS, VOCAB, lm_runner  # noqa: E402
+from ssd_speed import CONFIGS, VOCAB, lm_runner, timed_rounds  # noqa: E402
 
 
 def import_revision(rev: str, into: Path):
@@ -53,14 +52,7 @@ def compare(old_package, config: str, dtype: str, tokens: int, rounds: int) -> d
     ids = torch.randint(0, VOCAB, (1, tokens))
     runs = {name: lm_runner(lambda x, lm=build(pkg, config): lm(x).logits, ids, dtype, True)
             for name, pkg in (("working_tree", ma2mba), ("revision", old_package))}
-    for run in runs.values():
-        run()  # warm-up
-    seconds = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            seconds[name].append(time.perf_counter() - start)
+    seconds = timed_rounds(runs, rounds)  # one warm-up each, then rounds in turns
     ratios = [old / new for new, old in zip(seconds["working_tree"], seconds["revision"])]
     return dict(config=config, dtype=dtype, tokens=tokens, rounds=rounds,
                 fwd_bwd_seconds_working_tree=statistics.median(seconds["working_tree"]),
