@@ -149,24 +149,30 @@ class CausalConv1dFunction(torch.autograd.Function):
     (torch's grouped conv1d backward is ~50x slower than this on CPU for these shapes.)
 
     Both passes walk the positions in blocks that stay in the core's cache while all w taps and
-    the activation are applied: w + 1 whole-tensor passes would each stream from memory (~2.5x
-    slower here). Backward recomputes the pre-activation, so only the input is kept."""
+    the activation are applied: w + 1 whole-tensor passes would each stream from memory (fwd+bwd
+    68 -> 52 ms at the 130m shape's 2048 x 1792 here). With the SiLU it keeps the pre-activation,
+    in the input's dtype, as autograd would for a separate SiLU."""
 
     @staticmethod
     def forward(ctx, xs, taps, bias, silu):
         """xs (b, w - 1 + l, dim), taps (w, dim), bias (dim,) or None -> y (b, l, dim) in xs's dtype."""
-        ctx.save_for_backward(xs, taps, bias)
         ctx.silu = silu
         l = xs.shape[1] - (taps.shape[0] - 1)
         acc = state_dtype(xs.dtype)
-        y = torch.empty(xs.shape[0], l, xs.shape[2], dtype=acc, device=xs.device)
+        shape = (xs.shape[0], l, xs.shape[2])
+        y = torch.empty(shape, dtype=acc, device=xs.device)
+        pre = torch.empty(shape, dtype=xs.dtype, device=xs.device) if silu else None  # kept for the SiLU's backward
         for rows in _position_blocks(y):
-            _conv_block(xs, taps.to(acc), bias, rows, out=y[:, rows], silu=silu)
+            block = _conv_block(xs, taps.to(acc), bias, rows, out=y[:, rows])
+            if silu:
+                pre[:, rows] = block
+                F.silu(block, inplace=True)
+        ctx.save_for_backward(xs, taps, bias, pre)
         return y.to(xs.dtype)
 
     @staticmethod
     def backward(ctx, dy):
-        xs, taps, bias = ctx.saved_tensors
+        xs, taps, bias, pre_all = ctx.saved_tensors
         w = taps.shape[0]
         acc = state_dtype(xs.dtype)
         dy, taps_acc = dy.to(acc), taps.to(acc)
@@ -175,8 +181,8 @@ class CausalConv1dFunction(torch.autograd.Function):
         dbias = torch.zeros(xs.shape[2], dtype=acc, device=xs.device)
         for rows in _position_blocks(dy):
             dpre = dy[:, rows]
-            if ctx.silu:  # d silu(u)/du = sig * (1 + u * (1 - sig)), u the recomputed pre-activation
-                pre = _conv_block(xs, taps_acc, bias, rows)
+            if ctx.silu:  # d silu(u)/du = sig * (1 + u * (1 - sig)), u the pre-activation
+                pre = pre_all[:, rows].to(acc)
                 sig = torch.sigmoid(pre)
                 dpre = dpre * sig * (1 - sig).mul_(pre).add_(1)
             dbias += dpre.sum((0, 1))
@@ -187,15 +193,13 @@ class CausalConv1dFunction(torch.autograd.Function):
         return dxs.to(xs.dtype), dtaps.to(taps.dtype), None if bias is None else dbias.to(bias.dtype), None
 
 
-def _conv_block(xs, taps, bias, rows, out=None, silu=False):
-    """The conv (and SiLU) at output positions `rows`: (b, len(rows), dim), into `out` if given."""
-    if out is None:
-        out = torch.empty(xs.shape[0], rows.stop - rows.start, xs.shape[2], dtype=taps.dtype, device=xs.device)
+def _conv_block(xs, taps, bias, rows, out):
+    """The conv at output positions `rows`, (b, len(rows), dim), into `out`."""
     out.copy_(bias) if bias is not None else out.zero_()
     window = _conv_window(xs, rows, taps)
     for k in range(taps.shape[0]):
         out.addcmul_(window[:, k : k + out.shape[1]], taps[k])
-    return F.silu(out, inplace=True) if silu else out
+    return out
 
 
 def _conv_window(xs, rows, taps):

@@ -45,9 +45,6 @@ NO_DT_LIMIT = (0.0, float("inf"))
 # not depend on the chunk length (up to rounding).
 CPU_MAX_CHUNK = 64
 
-# Numbers in one group of chunks whose (h, T, T) matrices the scan handles at a time (see
-# _Chunks.chunk_groups): 512 KiB in float32, cache-sized.
-SCAN_GROUP_ELEMENTS = 2**17
 
 
 def cuda_kernels_available(t: torch.Tensor) -> bool:
@@ -151,15 +148,15 @@ class _Chunks:
         return t.permute(0, 1, 3, 2, 4)
 
     def chunk_groups(self):
-        """(batch index, slice of chunks) covering every chunk, a few chunks at a time.
+        """(batch index, slice of one chunk) for every chunk.
 
-        The (T, T) work runs a group at a time: the group's (h, T, T) matrices (~400 KB at the
-        mamba2-130m shape, one chunk) stay in cache through its few steps, where whole-tensor steps
-        would each stream 12 MB from memory. Groups hold about SCAN_GROUP_ELEMENTS numbers, so that
-        models with few heads do not pay Python's per-op cost on tiny chunks.
+        The (T, T) work runs one chunk at a time: a chunk's (h, T, T) matrices (~400 KB at the
+        mamba2-130m shape) stay in cache through its few steps, where whole-tensor steps would each
+        stream 12 MB from memory. (Groups of several chunks were faster with few heads, but made a
+        layer's working memory flatten out past the group's length, which the checkpointing
+        planner's linear model then over-predicted by more than 15%.)
         """
-        per_group = max(1, SCAN_GROUP_ELEMENTS // (self.h * self.T * self.T))
-        return [(i, slice(j, min(j + per_group, self.c))) for i in range(self.x.shape[0]) for j in range(0, self.c, per_group)]
+        return [(i, slice(j, j + 1)) for i in range(self.x.shape[0]) for j in range(self.c)]
 
     def decay_matrix(self, i, js, out):
         """(chunks, h, T, T) of chunks js in batch i, into out: exp(cum_s - cum_t) for s >= t, 0 above the diagonal.
