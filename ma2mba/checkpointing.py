@@ -50,8 +50,8 @@ residual), C_S = the bytes of one layer's (conv, ssm) state, C_io = 3·d_model·
 vocab·d_model·bytes when the head is tied (else 0), C_end = 3·C_head tied, vocab·d_model·bytes
 untied. A(s) and W(s) are what OUR layer keeps and works with, so they are measured: the forward
 and backward of one layer and of two are traced on fake tensors (shapes, no data; see memory.py),
-at one, two, four and eight scan chunks (A from the first two; W with the steepest slope among them). That takes a fraction of a second, once per config and dtype, and
-follows any change to the layer's implementation. Autocast is not modelled: under bf16 autocast
+at one, two, four and eight scan chunks (A from the first two; W with the steepest slope among
+them). That takes a fraction of a second, once per config and dtype, and follows any change to the layer's implementation. Autocast is not modelled: under bf16 autocast
 the prediction for float32 is an upper bound.
 """
 
@@ -339,13 +339,13 @@ class _CostModel:
         if np.max(s) <= T:  # a sequence of one chunk: the scan's chunk is the sequence
             one = _trace_layer(self.config, self.dtype, int(np.max(s)))
             return one.saved, one.work
-        one, two = _trace_layer(self.config, self.dtype, T), _trace_layer(self.config, self.dtype, 2 * T)
+        chunks = (1, 2, 4, 8)
+        traces = [_trace_layer(self.config, self.dtype, k * T) for k in chunks]
+        one, two = traces[:2]
         extra = (s - T) / T  # in chunks; the scan pads at most one short chunk of its own
         # The working memory is not quite affine at a few chunks: which moment of the backward is
         # the peak can change with the length. Its steepest slope up to 8 chunks keeps W an upper bound.
-        chunks = (1, 2, 4, 8)
-        works = [_trace_layer(self.config, self.dtype, k * T).work for k in chunks]
-        work_slope = max((works[i + 1] - works[i]) / (chunks[i + 1] - chunks[i]) for i in range(len(chunks) - 1))
+        work_slope = max((b.work - a.work) / (kb - ka) for a, b, ka, kb in zip(traces, traces[1:], chunks, chunks[1:]))
         return one.saved + extra * (two.saved - one.saved), one.work + extra * work_slope
 
     def peak(self, l, s, S, recompute=True, work_tokens=None):

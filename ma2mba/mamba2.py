@@ -27,17 +27,11 @@ from .ssd import ssd_scan, ssd_step, state_dtype
 CACHE_BLOCK_ELEMENTS = 2**17
 
 
-def _position_blocks(t):
-    """Slices over dim 1 of t (b, l, dim), each about CACHE_BLOCK_ELEMENTS numbers."""
-    b, l, dim = t.shape
-    rows = max(1, CACHE_BLOCK_ELEMENTS // (b * dim))
-    return [slice(start, min(start + rows, l)) for start in range(0, l, rows)]
-
-
-def _row_blocks(t):
-    """Slices over the rows of t (rows, d), each about CACHE_BLOCK_ELEMENTS numbers."""
-    rows = max(1, CACHE_BLOCK_ELEMENTS // t.shape[-1])
-    return [slice(start, start + rows) for start in range(0, t.shape[0], rows)]
+def _blocks(length: int, numbers_per_index: int):
+    """Slices of range(length), each about CACHE_BLOCK_ELEMENTS numbers when one index holds
+    `numbers_per_index` of them."""
+    step = max(1, CACHE_BLOCK_ELEMENTS // numbers_per_index)
+    return [slice(start, min(start + step, length)) for start in range(0, length, step)]
 
 
 class RMSNorm(nn.Module):
@@ -100,12 +94,11 @@ class GatedRMSNormFunction(torch.autograd.Function):
         w = weight.to(acc)
         out = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
         rstd = torch.empty(x2.shape[0], groups, 1, dtype=acc, device=x.device)
-        for rows in _row_blocks(x2):
+        for rows in _blocks(*x2.shape):
             u = F.silu(z2[rows].to(acc)).mul_(x2[rows]).unflatten(-1, (groups, group_size))
             torch.mean(u.square(), -1, keepdim=True, out=rstd[rows]).add_(eps).rsqrt_()
             torch.mul(u.mul_(rstd[rows]).flatten(-2), w, out=out[rows])
         ctx.save_for_backward(x, z, weight, rstd)
-        ctx.group_size = group_size
         return out.view(x.shape)
 
     @staticmethod
@@ -117,7 +110,7 @@ class GatedRMSNormFunction(torch.autograd.Function):
         w = weight.to(acc)
         dx, dz = torch.empty(x2.shape, dtype=x.dtype, device=x.device), torch.empty(z2.shape, dtype=z.dtype, device=z.device)
         dw = torch.zeros(w.shape, dtype=acc, device=w.device)
-        for rows in _row_blocks(x2):
+        for rows in _blocks(*x2.shape):
             xb, zb, db = x2[rows].to(acc), z2[rows].to(acc), dout2[rows].to(acc)
             sig = torch.sigmoid(zb)
             gate = zb * sig  # silu(z)
@@ -156,14 +149,14 @@ class CausalConv1dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xs, taps, bias, silu):
         """xs (b, w - 1 + l, dim), taps (w, dim), bias (dim,) or None -> y (b, l, dim) in xs's dtype."""
-        ctx.silu = silu
         l = xs.shape[1] - (taps.shape[0] - 1)
         acc = state_dtype(xs.dtype)
+        taps_acc = taps.to(acc)
         shape = (xs.shape[0], l, xs.shape[2])
         y = torch.empty(shape, dtype=acc, device=xs.device)
         pre = torch.empty(shape, dtype=xs.dtype, device=xs.device) if silu else None  # kept for the SiLU's backward
-        for rows in _position_blocks(y):
-            block = _conv_block(xs, taps.to(acc), bias, rows, out=y[:, rows])
+        for rows in _blocks(l, xs.shape[0] * xs.shape[2]):
+            block = _conv_block(xs, taps_acc, bias, rows, out=y[:, rows])
             if silu:
                 pre[:, rows] = block
                 F.silu(block, inplace=True)
@@ -179,9 +172,9 @@ class CausalConv1dFunction(torch.autograd.Function):
         dxs = torch.zeros(xs.shape, dtype=acc, device=xs.device)
         dtaps = torch.zeros(taps.shape, dtype=acc, device=taps.device)
         dbias = torch.zeros(xs.shape[2], dtype=acc, device=xs.device)
-        for rows in _position_blocks(dy):
+        for rows in _blocks(dy.shape[1], dy.shape[0] * dy.shape[2]):
             dpre = dy[:, rows]
-            if ctx.silu:  # d silu(u)/du = sig * (1 + u * (1 - sig)), u the pre-activation
+            if pre_all is not None:  # SiLU: d silu(u)/du = sig * (1 + u * (1 - sig)), u the pre-activation
                 pre = pre_all[:, rows].to(acc)
                 sig = torch.sigmoid(pre)
                 dpre = dpre * sig * (1 - sig).mul_(pre).add_(1)

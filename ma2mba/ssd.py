@@ -46,7 +46,6 @@ NO_DT_LIMIT = (0.0, float("inf"))
 CPU_MAX_CHUNK = 64
 
 
-
 def cuda_kernels_available(t: torch.Tensor) -> bool:
     return t.is_cuda and _cuda_chunk_scan is not None
 
@@ -147,36 +146,37 @@ class _Chunks:
         """(b, c, T, h, p) -> (b, c, h, T, p) for the per-head (T, T) products."""
         return t.permute(0, 1, 3, 2, 4)
 
-    def chunk_groups(self):
-        """(batch index, slice of one chunk) for every chunk.
+    def each_chunk(self):
+        """(batch index, chunk index) of every chunk.
 
         The (T, T) work runs one chunk at a time: a chunk's (h, T, T) matrices (~400 KB at the
         mamba2-130m shape) stay in cache through its few steps, where whole-tensor steps would each
-        stream 12 MB from memory. (Groups of several chunks were faster with few heads, but made a
-        layer's working memory flatten out past the group's length, which the checkpointing
-        planner's linear model then over-predicted by more than 15%.)
+        stream 12 MB from memory; and a chunk's heads-first view of a position-major tensor is a
+        strided batch that bmm reads as it is. (Groups of several chunks were faster with few heads,
+        but made a layer's working memory flatten out past the group's length, which the
+        checkpointing planner's linear model then over-predicted by more than 15%.)
         """
-        return [(i, slice(j, j + 1)) for i in range(self.x.shape[0]) for j in range(self.c)]
+        return [(i, j) for i in range(self.x.shape[0]) for j in range(self.c)]
 
-    def decay_matrix(self, i, js, out):
-        """(chunks, h, T, T) of chunks js in batch i, into out: exp(cum_s - cum_t) for s >= t, 0 above the diagonal.
+    def decay_matrix(self, i, j, out):
+        """(h, T, T) of chunk j in batch i, into out: exp(cum_s - cum_t) for s >= t, 0 above the diagonal.
 
         A difference of two cumulative sums inside one chunk, in the state dtype (as mamba_ssm's
         kernels compute it); the chunk is short, so the sums stay small.
         """
-        cum = self.cum[i, js].transpose(-1, -2)  # (chunks, h, T)
-        torch.sub(cum[..., :, None], cum[..., None, :], out=out)
+        cum = self.cum[i, j].t()  # (h, T)
+        torch.sub(cum[:, :, None], cum[:, None, :], out=out)
         return out.masked_fill_(self.upper, -torch.inf).exp_()
 
     def mix_heads(self, per_head, per_group):
-        """per_head (…, h, T, T) * per_group (…, g, T, T), each group's matrix applied to its heads."""
-        *lead, h, T, _ = per_head.shape
-        return (per_head.view(*lead, self.g, h // self.g, T, T) * per_group.unsqueeze(-3)).view(per_head.shape)
+        """per_head (h, T, T) * per_group (g, T, T), each group's matrix applied to its heads."""
+        h, T, _ = per_head.shape
+        return (per_head.view(self.g, h // self.g, T, T) * per_group[:, None]).view(h, T, T)
 
     def sum_heads(self, per_head, out):
-        """(…, h, T, T) -> (…, g, T, T) into out, summing the heads of each group."""
-        *lead, h, T, _ = per_head.shape
-        return torch.sum(per_head.view(*lead, self.g, h // self.g, T, T), -3, out=out)
+        """(h, T, T) -> (g, T, T) into out, summing the heads of each group."""
+        h, T, _ = per_head.shape
+        return torch.sum(per_head.view(self.g, h // self.g, T, T), 1, out=out)
 
     def chunk_states(self):
         """(b, c, h, p, n): the state each chunk builds from zero, Σ_t to_end_t · xdt_t ⊗ B_t."""
@@ -230,9 +230,9 @@ class ChunkedScan(torch.autograd.Function):
             L = torch.empty(*CB.shape[:2], ch.h, ch.T, ch.T, dtype=CB.dtype, device=CB.device)  # decays, for backward
             y_intra = torch.empty(*CB.shape[:2], ch.h, ch.T, ch.p, dtype=ch.mm, device=CB.device)
             xdt_h = ch.heads_first(ch.xdt)  # (b, c, h, T, p)
-            for i, js in ch.chunk_groups():
-                M = ch.mix_heads(ch.decay_matrix(i, js, out=L[i, js]), CB[i, js])  # (chunks, h, T, T)
-                torch.matmul(M.to(ch.mm), xdt_h[i, js], out=y_intra[i, js])
+            for i, j in ch.each_chunk():
+                M = ch.mix_heads(ch.decay_matrix(i, j, out=L[i, j]), CB[i, j])  # (h, T, T)
+                torch.bmm(M.to(ch.mm), xdt_h[i, j], out=y_intra[i, j])
 
             # What the entering state contributes: exp(cum_i) · state @ C_i (y_off is state @ C_i).
             y_off = ch.ungrouped(ch.C @ ch.states_grouped(entering).transpose(-1, -2))  # (b, c, T, h, p)
@@ -259,13 +259,13 @@ class ChunkedScan(torch.autograd.Function):
             dy_h, xdt_h = ch.heads_first(dy), ch.heads_first(ch.xdt)  # (b, c, h, T, p)
             dCB = torch.empty_like(CB)  # (b, c, g, T, T)
             dxdt_intra = torch.empty_like(y_off).permute(0, 1, 3, 2, 4)  # (b, c, h, T, p), position-major memory
-            for i, js in ch.chunk_groups():
-                dML = torch.matmul(dy_h[i, js], xdt_h[i, js].transpose(-1, -2)).to(sdt).mul_(L[i, js])  # dM ∘ L
-                ch.sum_heads(dML, out=dCB[i, js])
-                M = ch.mix_heads(L[i, js], CB[i, js])
-                torch.matmul(M.to(mm).transpose(-1, -2), dy_h[i, js], out=dxdt_intra[i, js])
-                E = ch.mix_heads(dML, CB[i, js])  # dM ∘ M: d/d(cum_s - cum_t)
-                dcum[i, js] += (E.sum(-1) - E.sum(-2)).transpose(-1, -2)
+            for i, j in ch.each_chunk():
+                dML = torch.bmm(dy_h[i, j], xdt_h[i, j].transpose(-1, -2)).to(sdt).mul_(L[i, j])  # dM ∘ L
+                ch.sum_heads(dML, out=dCB[i, j])
+                M = ch.mix_heads(L[i, j], CB[i, j])
+                torch.bmm(M.to(mm).transpose(-1, -2), dy_h[i, j], out=dxdt_intra[i, j])
+                E = ch.mix_heads(dML, CB[i, j])  # dM ∘ M: d/d(cum_s - cum_t)
+                dcum[i, j] += (E.sum(-1) - E.sum(-2)).t()
             del L, CB
             dCB = dCB.to(mm)
             dC = dCB @ ch.B
