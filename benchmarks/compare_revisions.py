@@ -7,6 +7,7 @@ load moves by ±10% between runs, and a ratio taken within one round cancels mos
 
     python benchmarks/compare_revisions.py --rev b071caf          # the working tree against b071caf
     python benchmarks/compare_revisions.py --rev b071caf --configs 130m_4_layers:fp32 --rounds 9
+    python benchmarks/compare_revisions.py --rev b071caf --forward-only   # forward passes, no grad
 """
 
 from __future__ import annotations
@@ -48,15 +49,16 @@ def build(package, config: str):
     return package.Mamba2LM(package.Mamba2Config(vocab_size=VOCAB, **CONFIGS[config]))
 
 
-def compare(old_package, config: str, dtype: str, tokens: int, rounds: int) -> dict:
+def compare(old_package, config: str, dtype: str, tokens: int, rounds: int, backward: bool = True) -> dict:
     ids = torch.randint(0, VOCAB, (1, tokens))
-    runs = {name: lm_runner(lambda x, lm=build(pkg, config): lm(x).logits, ids, dtype, True)
+    kind = "fwd_bwd" if backward else "fwd"
+    runs = {name: lm_runner(lambda x, lm=build(pkg, config): lm(x).logits, ids, dtype, backward)
             for name, pkg in (("working_tree", ma2mba), ("revision", old_package))}
     seconds = timed_rounds(runs, rounds)  # one warm-up each, then rounds in turns
     ratios = [old / new for new, old in zip(seconds["working_tree"], seconds["revision"])]
-    return dict(config=config, dtype=dtype, tokens=tokens, rounds=rounds,
-                fwd_bwd_seconds_working_tree=statistics.median(seconds["working_tree"]),
-                fwd_bwd_seconds_revision=statistics.median(seconds["revision"]),
+    return dict(config=config, dtype=dtype, tokens=tokens, rounds=rounds, passes=kind,
+                seconds_working_tree=statistics.median(seconds["working_tree"]),
+                seconds_revision=statistics.median(seconds["revision"]),
                 speedup=statistics.median(ratios), speedup_range=[min(ratios), max(ratios)])
 
 
@@ -67,6 +69,7 @@ def main():
                         help="config:dtype pairs (configs of ssd_speed.py)")
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--forward-only", action="store_true", help="time forward passes (no grad) instead of fwd+bwd")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "results" / "compare_revisions.json"))
     args = parser.parse_args()
@@ -75,14 +78,14 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         old = import_revision(args.rev, Path(tmp))
-        print(f"fwd+bwd, {args.tokens} tokens: working tree (HEAD {head}) against {args.rev}")
+        print(f"{'forward' if args.forward_only else 'fwd+bwd'}, {args.tokens} tokens: working tree (HEAD {head}) against {args.rev}")
         print("| config | dtype | working tree, s | revision, s | speed-up (rounds min–max) |")
         print("|---|---|---|---|---|")
         for pair in args.configs.split(","):
             config, dtype = pair.split(":")
-            row = compare(old, config, dtype, args.tokens, args.rounds)
+            row = compare(old, config, dtype, args.tokens, args.rounds, backward=not args.forward_only)
             rows.append(row)
-            print(f"| {config} | {dtype} | {row['fwd_bwd_seconds_working_tree']:.2f} | {row['fwd_bwd_seconds_revision']:.2f} | "
+            print(f"| {config} | {dtype} | {row['seconds_working_tree']:.2f} | {row['seconds_revision']:.2f} | "
                   f"{row['speedup']:.3f}× ({row['speedup_range'][0]:.2f}–{row['speedup_range'][1]:.2f}) |", flush=True)
     out = Path(args.out)
     out.parent.mkdir(exist_ok=True)

@@ -202,12 +202,14 @@ def matmul_flops_per_token(config: Mamba2Config) -> int:
     return 2 * (config.n_layer * per_layer + config.d_model * config.padded_vocab_size)
 
 
-def build_lm(name, n_layer=None):
+def build_lm(name, n_layer=None, keep_activations=False):
+    """keep_activations: mamba_ssm's use_mem_eff_path=False (no recomputation in backward)."""
     torch.manual_seed(0)
     cfg = dict(CONFIGS[name])
     if n_layer:
         cfg["n_layer"] = n_layer
-    return Mamba2LM(Mamba2Config(vocab_size=VOCAB, **cfg))
+    ssm_cfg = dict(use_mem_eff_path=False) if keep_activations else {}
+    return Mamba2LM(Mamba2Config(vocab_size=VOCAB, ssm_cfg=ssm_cfg, **cfg))
 
 
 def lm_runner(forward, ids, dtype_name, backward):
@@ -273,10 +275,17 @@ def hf_lm(ours: Mamba2LM):
 
 def hf_section(lengths, repeats):
     """Speed-ups are medians of per-round ratios: each round times ours and theirs back to back, so
-    the ratio cancels the load of that moment (transformers' times swing ±10% here between runs)."""
+    the ratio cancels the load of that moment (transformers' times swing ±10% here between runs).
+
+    Ours runs twice for fwd+bwd: as built (use_mem_eff_path=True: the mixer recomputes its conv, scan
+    and norm in backward, like mamba_ssm's fused kernel) and with use_mem_eff_path=False, which keeps
+    every activation as transformers' torch path does. The peak tensor memory of one fwd+bwd of each
+    is measured after the timings."""
+    from ma2mba.memory import peak_bytes
+
     rows = []
     for name in CONFIGS:
-        ours = build_lm(name)
+        ours, keep = build_lm(name), build_lm(name, keep_activations=True)
         theirs = hf_lm(ours)
         for dtype_name in DTYPES:
             for length in lengths:
@@ -284,20 +293,28 @@ def hf_section(lengths, repeats):
                 row = dict(config=name, dtype=dtype_name, length=length, rounds=repeats)
                 for kind, backward in (("fwd", False), ("fwd_bwd", True)):
                     theirs.train(backward)
-                    times = timed_rounds({
-                        "ma2mba": lm_runner(lambda x: ours(x).logits, ids, dtype_name, backward),
-                        "transformers": lm_runner(lambda x: theirs(x, use_cache=False).logits, ids, dtype_name, backward),
-                    }, repeats)
-                    ratios = [t / o for o, t in zip(times["ma2mba"], times["transformers"])]
-                    row.update({f"{kind}_tok_s_ma2mba": length / statistics.median(times["ma2mba"]),
-                                f"{kind}_tok_s_transformers": length / statistics.median(times["transformers"]),
-                                f"{kind}_speedup": statistics.median(ratios),
-                                f"{kind}_speedup_range": [min(ratios), max(ratios)]})
+                    runners = {"ma2mba": lm_runner(lambda x: ours(x).logits, ids, dtype_name, backward)}
+                    if backward:  # without backward the two builds of ours run the same code
+                        runners["ma2mba_keep"] = lm_runner(lambda x: keep(x).logits, ids, dtype_name, backward)
+                    runners["transformers"] = lm_runner(lambda x: theirs(x, use_cache=False).logits, ids, dtype_name, backward)
+                    times = timed_rounds(runners, repeats)
+                    row[f"{kind}_tok_s_transformers"] = length / statistics.median(times["transformers"])
+                    for ours_name in runners.keys() - {"transformers"}:
+                        ratios = [t / o for o, t in zip(times[ours_name], times["transformers"])]
+                        suffix = ours_name.removeprefix("ma2mba")  # "" or "_keep"
+                        row.update({f"{kind}_tok_s_ma2mba{suffix}": length / statistics.median(times[ours_name]),
+                                    f"{kind}_speedup{suffix}": statistics.median(ratios),
+                                    f"{kind}_speedup{suffix}_range": [min(ratios), max(ratios)]})
+                    if backward:
+                        for ours_name, run in runners.items():
+                            row[f"fwd_bwd_peak_bytes_{ours_name}"] = peak_bytes(run)
                 rows.append(row)
                 print(f"  hf {name:14s} {dtype_name} L={length:5d}  fwd speedup {row['fwd_speedup']:.2f}x"
                       f" ({row['fwd_speedup_range'][0]:.2f}-{row['fwd_speedup_range'][1]:.2f})"
                       f"  fwd+bwd speedup {row['fwd_bwd_speedup']:.2f}x"
-                      f" ({row['fwd_bwd_speedup_range'][0]:.2f}-{row['fwd_bwd_speedup_range'][1]:.2f})", flush=True)
+                      f" ({row['fwd_bwd_speedup_range'][0]:.2f}-{row['fwd_bwd_speedup_range'][1]:.2f}),"
+                      f" keeping activations {row['fwd_bwd_speedup_keep']:.2f}x"
+                      f" ({row['fwd_bwd_speedup_keep_range'][0]:.2f}-{row['fwd_bwd_speedup_keep_range'][1]:.2f})", flush=True)
     return rows
 
 
@@ -476,8 +493,8 @@ def markdown(results) -> str:
         steps = [r for r in results["model"] if r.get("mode") == "step"]
         table(["config", "dtype", "decoding with `step`, tok/s"], [(r["config"], r["dtype"], f"{r['fwd_tok_s']:.1f}") for r in steps])
     if "hf" in results:
-        def span(r, kind):  # the per-round range, where the run recorded it
-            lo_hi = r.get(f"{kind}_speedup_range")
+        def span(r, speedup):  # the per-round range, where the run recorded it
+            lo_hi = r.get(f"{speedup}_range")
             return f" ({lo_hi[0]:.2f}–{lo_hi[1]:.2f})" if lo_hi else ""
 
         out.append(f"transformers {m.get('transformers')}; speed-up = median over {results['hf'][0].get('rounds', 3)} rounds "
@@ -485,8 +502,18 @@ def markdown(results) -> str:
         table(["config", "dtype", "tokens", "fwd tok/s ma2mba", "fwd tok/s transformers", "fwd speed-up",
                "fwd+bwd tok/s ma2mba", "fwd+bwd tok/s transformers", "fwd+bwd speed-up"],
               [(r["config"], r["dtype"], r["length"], f"{r['fwd_tok_s_ma2mba']:.0f}", f"{r['fwd_tok_s_transformers']:.0f}",
-                f"**{r['fwd_speedup']:.2f}×**" + span(r, "fwd"), f"{r['fwd_bwd_tok_s_ma2mba']:.0f}", f"{r['fwd_bwd_tok_s_transformers']:.0f}",
-                f"**{r['fwd_bwd_speedup']:.2f}×**" + span(r, "fwd_bwd")) for r in results["hf"]])
+                f"**{r['fwd_speedup']:.2f}×**" + span(r, "fwd_speedup"), f"{r['fwd_bwd_tok_s_ma2mba']:.0f}", f"{r['fwd_bwd_tok_s_transformers']:.0f}",
+                f"**{r['fwd_bwd_speedup']:.2f}×**" + span(r, "fwd_bwd_speedup")) for r in results["hf"]])
+        kept = [r for r in results["hf"] if "fwd_bwd_speedup_keep" in r]
+        if kept:
+            mib = lambda r, who: f"{r[f'fwd_bwd_peak_bytes_{who}'] / 2**20:.0f}"
+            out.append("fwd+bwd with `use_mem_eff_path=False` (no recomputation in backward, as transformers' torch "
+                       "path), and the peak tensor memory of one fwd+bwd:\n")
+            table(["config", "dtype", "tokens", "fwd+bwd tok/s, keeping activations", "speed-up over transformers",
+                   "peak MiB: ma2mba (default)", "ma2mba, keeping activations", "transformers"],
+                  [(r["config"], r["dtype"], r["length"], f"{r['fwd_bwd_tok_s_ma2mba_keep']:.0f}",
+                    f"**{r['fwd_bwd_speedup_keep']:.2f}×**" + span(r, "fwd_bwd_speedup_keep"),
+                    mib(r, "ma2mba"), mib(r, "ma2mba_keep"), mib(r, "transformers")) for r in kept])
     if "scan" in results:
         table(["scan (one 130m layer: 24 heads × 64, state 128)", "dtype", "tokens run", "fwd µs/token", "fwd+bwd µs/token"],
               [(r["impl"] + (" (extrapolated)" if r["extrapolated"] else ""), r["dtype"], r["length"],

@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# mamba_ssm.modules.mamba2.Mamba2 defaults (the ones that change the math or the shapes).
+# mamba_ssm.modules.mamba2.Mamba2 defaults: the ones that change the math or the shapes, and
+# use_mem_eff_path, which changes what training keeps (see Mamba2.forward).
 MAMBA2_DEFAULTS = dict(
     d_state=128,
     d_conv=4,
@@ -33,6 +34,7 @@ MAMBA2_DEFAULTS = dict(
     bias=False,
     conv_bias=True,
     chunk_size=256,
+    use_mem_eff_path=True,
 )
 
 
@@ -58,6 +60,7 @@ class SSMConfig:
     bias: bool
     conv_bias: bool
     chunk_size: int
+    use_mem_eff_path: bool
 
     @property
     def d_inner(self) -> int:

@@ -98,7 +98,9 @@ def ssd_scan(
         return y, final
 
     dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (b, l, h)
-    y, final = ChunkedScan.apply(x, dt, A, B, C, min(chunk_size, CPU_MAX_CHUNK), initial_state, D)
+    for_backward = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, dt, A, B, C, initial_state, D))
+    y, final = ChunkedScan.apply(x, dt, A, B, C, min(chunk_size, CPU_MAX_CHUNK), initial_state, D, for_backward)
     if z is not None:
         y = y * F.silu(z)
     return y, final
@@ -178,24 +180,25 @@ class _Chunks:
         h, T, _ = per_head.shape
         return torch.sum(per_head.view(self.g, h // self.g, T, T), 1, out=out)
 
-    def chunk_states(self):
-        """(b, c, h, p, n): the state each chunk builds from zero, Σ_t to_end_t · xdt_t ⊗ B_t."""
+    def chunk_states(self, out):
+        """(b, c, h, p, n) into out: the state each chunk builds from zero, Σ_t to_end_t · xdt_t ⊗ B_t."""
         xw = self.xdt * self.to_end[..., None].to(self.mm)
-        states = self.grouped(xw).transpose(-1, -2) @ self.B  # (b, c, g, k·p, n)
-        return states.view(*states.shape[:2], self.h, self.p, self.n).to(self.dt.dtype)
+        _matmul_into(self.grouped(xw).transpose(-1, -2), self.B, out.view(*out.shape[:2], self.g, -1, self.n))
 
     def entering_states(self, initial_state):
-        """(b, c, h, p, n) states before each chunk, and the final state; a loop over chunks keeps memory O(c)."""
+        """(b, c, h, p, n) states before each chunk, and the final state.
+
+        One buffer of c + 1 states: the initial state, then each chunk's own state, which a loop
+        over the chunks turns in place into the state leaving it (memory O(c), and no second
+        buffer to fault in)."""
         b, c = self.x.shape[:2]
-        chunk_states = self.chunk_states()
-        state = initial_state.to(chunk_states.dtype) if initial_state is not None else torch.zeros_like(chunk_states[:, 0])
-        entering = torch.empty_like(chunk_states)
-        entering[:, 0] = state
+        states = torch.empty(b, c + 1, self.h, self.p, self.n, dtype=self.dt.dtype, device=self.x.device)
+        states[:, 0] = initial_state if initial_state is not None else 0
+        self.chunk_states(out=states[:, 1:])
         with one_thread():
-            for k in range(c - 1):
-                torch.addcmul(chunk_states[:, k], entering[:, k], self.chunk_decay[:, k, :, None, None], out=entering[:, k + 1])
-        final = torch.addcmul(chunk_states[:, -1], entering[:, -1], self.chunk_decay[:, -1, :, None, None])
-        return entering, final
+            for k in range(c):
+                states[:, k + 1].addcmul_(states[:, k], self.chunk_decay[:, k, :, None, None])
+        return states[:, :-1], states[:, -1].clone()  # a view would keep the whole buffer alive
 
     def states_grouped(self, states):
         """(b, c, h, p, n) -> (b, c, g, k·p, n) in the dtype of the matrix products."""
@@ -213,25 +216,26 @@ class _Chunks:
 
 
 class ChunkedScan(torch.autograd.Function):
-    """(x, dt, A, B, C, chunk_size, initial_state, D) -> y (b, l, h, p), final state (b, h, p, n).
+    """(x, dt, A, B, C, chunk_size, initial_state, D, for_backward) -> y (b, l, h, p), final state (b, h, p, n).
 
     dt is already discretised (state dtype). D (h,) or (h, p) or None is the skip y += D·x, added
     here in place (a separate op would cost a new tensor and two passes). No gate: `ssd_scan` adds it.
     """
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, chunk_size, initial_state, D):
+    def forward(ctx, x, dt, A, B, C, chunk_size, initial_state, D, for_backward=True):
         with torch.autocast(x.device.type, enabled=False):
             ch = _Chunks(x, dt, A, B, C, chunk_size)
             entering, final = ch.entering_states(initial_state)  # (b, c, h, p, n)
 
             # Inside each chunk: y_i = Σ_{j<=i} (C_i·B_j) exp(cum_i - cum_j) xdt_j, the quadratic form.
             CB = (ch.C @ ch.B.transpose(-1, -2)).to(ch.dt.dtype)  # (b, c, g, T, T)
-            L = torch.empty(*CB.shape[:2], ch.h, ch.T, ch.T, dtype=CB.dtype, device=CB.device)  # decays, for backward
+            # The decay matrices: all kept for backward, or, when none will run, one chunk's in cache.
+            L = torch.empty(*(CB.shape[:2] if for_backward else ()), ch.h, ch.T, ch.T, dtype=CB.dtype, device=CB.device)
             y_intra = torch.empty(*CB.shape[:2], ch.h, ch.T, ch.p, dtype=ch.mm, device=CB.device)
             xdt_h = ch.heads_first(ch.xdt)  # (b, c, h, T, p)
             for i, j in ch.each_chunk():
-                M = ch.mix_heads(ch.decay_matrix(i, j, out=L[i, j]), CB[i, j])  # (h, T, T)
+                M = ch.mix_heads(ch.decay_matrix(i, j, out=L[i, j] if for_backward else L), CB[i, j])  # (h, T, T)
                 torch.bmm(M.to(ch.mm), xdt_h[i, j], out=y_intra[i, j])
 
             # What the entering state contributes: exp(cum_i) · state @ C_i (y_off is state @ C_i).
@@ -272,27 +276,35 @@ class ChunkedScan(torch.autograd.Function):
             dB = dCB.transpose(-1, -2) @ ch.C
             del dCB
 
-            # The entering state's contribution exp(cum_i) · y_off_i, y_off_i = state @ C_i.
-            dye = dy * torch.exp(ch.cum)[..., None].to(mm)  # (b, c, T, h, p)
-            dC += ch.grouped(dye) @ ch.states_grouped(entering)
-            dcum += (dye.to(sdt) * y_off.to(sdt)).sum(-1)
+            # The elementwise work below runs in the state dtype on tensors converted once each: under
+            # bf16, mixed-dtype products and repeated conversions cost more than the arithmetic.
+            # Sums over the head dim are vecdots, which make no (…, p) temporary.
+            dy32, x32 = dy.to(sdt), ch.x.to(sdt)
 
-            # Gradients w.r.t. the states leaving each chunk, walking the chunks backwards.
-            from_y = ch.grouped(dye).transpose(-1, -2) @ ch.C  # (b, c, g, k·p, n): Σ_i exp(cum_i) dy_i ⊗ C_i
-            from_y = from_y.view_as(entering).to(sdt)
+            # The entering state's contribution exp(cum_i) · y_off_i, y_off_i = state @ C_i.
+            exp_cum = torch.exp(ch.cum)  # (b, c, T, h)
+            dye = dy * exp_cum[..., None].to(mm)  # (b, c, T, h, p), for the products
+            dC += ch.grouped(dye) @ ch.states_grouped(entering)
+            dcum += torch.linalg.vecdot(dy32, y_off.to(sdt)) * exp_cum
+
+            # Gradients w.r.t. the states, walking the chunks backwards, in one buffer of c + 1:
+            # d_states[:, k] is the gradient of the state entering chunk k (so of the one leaving
+            # chunk k - 1), d_states[:, c] that of the final state. It starts as Σ_i exp(cum_i) dy_i ⊗ C_i,
+            # each chunk's own share, and the loop adds what flows back through the decays.
+            b, c = x.shape[0], ch.c
+            d_states = torch.empty(b, c + 1, ch.h, ch.p, ch.n, dtype=sdt, device=x.device)
+            _matmul_into(ch.grouped(dye).transpose(-1, -2), ch.C, d_states[:, :-1].view(b, c, ch.g, -1, ch.n))
+            del dye
+            d_states[:, -1] = dfinal if dfinal is not None else 0
             # state_leaving = chunk_decay · state_entering + chunk_state, so chunk_decay's gradient is
-            # d_leaving · state_entering: taken in the loop, while d_leaving[:, k] is still in cache.
-            d_leaving = torch.empty_like(entering)
-            d_leaving[:, -1] = dfinal if dfinal is not None else 0
+            # d_leaving · state_entering: taken in the loop, while d_leaving is still in cache.
             d_decay = torch.empty_like(ch.chunk_decay)  # (b, c, h)
             with one_thread():
-                for k in range(ch.c - 1, -1, -1):
-                    torch.linalg.vecdot(d_leaving[:, k].flatten(-2), entering[:, k].flatten(-2), out=d_decay[:, k])
-                    if k > 0:
-                        torch.addcmul(from_y[:, k], d_leaving[:, k], ch.chunk_decay[:, k, :, None, None], out=d_leaving[:, k - 1])
-            d_initial = None
-            if initial_state is not None:
-                d_initial = torch.addcmul(from_y[:, 0], d_leaving[:, 0], ch.chunk_decay[:, 0, :, None, None])
+                for k in range(c - 1, -1, -1):
+                    torch.linalg.vecdot(d_states[:, k + 1].flatten(-2), entering[:, k].flatten(-2), out=d_decay[:, k])
+                    d_states[:, k].addcmul_(d_states[:, k + 1], ch.chunk_decay[:, k, :, None, None])
+            d_leaving = d_states[:, 1:]
+            d_initial = d_states[:, 0].clone() if initial_state is not None else None
             dcum[:, :, -1] += ch.chunk_decay * d_decay
 
             # chunk_state = Σ_j to_end_j · xdt_j ⊗ B_j
@@ -302,31 +314,41 @@ class ChunkedScan(torch.autograd.Function):
             # out= keeps dxdt position-major, as dx must be (the heads-first layout would need a copy)
             dxdt = torch.addcmul(ch.heads_first(dxdt_intra).to(sdt), GB, to_end, out=torch.empty_like(GB))
             del dxdt_intra
-            d_to_end = (GB * ch.xdt.to(sdt)).sum(-1) * ch.to_end  # (b, c, T, h), times to_end for exp'
+            d_to_end = torch.linalg.vecdot(GB, ch.xdt.to(sdt)).mul_(ch.to_end)  # (b, c, T, h), times to_end for exp'
+            del GB
             dcum[:, :, -1] += d_to_end.sum(2)
             dcum -= d_to_end
             dB += ch.grouped(ch.xdt * to_end.to(mm)) @ G
 
             # cum = cumsum(dt·A) within the chunk, and xdt = x·dt.
             dlog = dcum.flip(2).cumsum(2).flip(2)  # d(dt·A), (b, c, T, h)
-            ddt = dlog * A.to(sdt) + (dxdt * ch.x.to(sdt)).sum(-1)
+            ddt = dlog * A.to(sdt) + torch.linalg.vecdot(dxdt, x32)
             dA = (dlog * ch.dt).sum((0, 1, 2)).to(A.dtype)
-            dx = dxdt * ch.dt[..., None]
+            dx = dxdt.mul_(ch.dt[..., None])
             dD = None
             if D is not None:
-                dx.addcmul_(dy, _skip_weight(D, sdt))
-                dD = (dy.to(sdt) * ch.x.to(sdt)).sum((0, 1, 2))  # (h, p)
-                dD = (dD.sum(-1) if D.dim() == 1 else dD).to(D.dtype)
+                dx.addcmul_(dy32, _skip_weight(D, sdt))
+                if D.dim() == 1:
+                    dD = torch.linalg.vecdot(dy32, x32).sum((0, 1, 2)).to(D.dtype)  # (h,)
+                else:
+                    dD = (dy32 * x32).sum((0, 1, 2)).to(D.dtype)  # (h, p)
 
-            b = x.shape[0]
             dB = dB.transpose(2, 3).reshape(b, -1, ch.g, ch.n)
             dC = dC.transpose(2, 3).reshape(b, -1, ch.g, ch.n)
             grads = (
                 ch.unpad(dx).to(x.dtype), ch.unpad(ddt).to(dt.dtype), dA,
                 dB[:, : ch.l].to(B.dtype), dC[:, : ch.l].to(C.dtype), None,
-                None if d_initial is None else d_initial.to(initial_state.dtype), dD,
+                None if d_initial is None else d_initial.to(initial_state.dtype), dD, None,
             )
         return grads
+
+
+def _matmul_into(a, b, out):
+    """out = a @ b; a product in another dtype than out's is converted into it."""
+    if out.dtype == a.dtype:
+        torch.matmul(a, b, out=out)
+    else:
+        out.copy_(a @ b)
 
 
 def _skip_weight(D, dtype):

@@ -101,6 +101,27 @@ def test_state_passing_does_not_change_the_gradient():
             torch.testing.assert_close(g, one_call[k], rtol=1e-9, atol=1e-12, msg=k)
 
 
+def test_keeping_activations_gives_the_same_gradients_and_keeps_more():
+    """use_mem_eff_path=False (mamba_ssm's unfused path) keeps the conv, scan and norm activations
+    instead of recomputing them in backward: the same gradients, more memory held between the passes."""
+    ids = torch.randint(0, VOCAB, (2, 19), generator=torch.Generator().manual_seed(4))
+    results = {}
+    for keep in (False, True):
+        lm = tiny_lm("groups_mlp_hdimD")
+        if keep:
+            lm = Mamba2LM(Mamba2Config.from_dict({**lm.config.to_dict(), "ssm_cfg": {
+                **lm.config.ssm_cfg, "use_mem_eff_path": False}})).to(torch.float64)
+            lm.load_state_dict(tiny_lm("groups_mlp_hdimD").state_dict())
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            loss = (lm(ids).logits ** 2).mean()
+        loss.backward()
+        results[keep] = sum(saved), {k: p.grad for k, p in lm.named_parameters()}
+    assert results[True][0] > 1.25 * results[False][0]  # 1.36x at this tiny size (the LM head weighs a lot here)
+    for k, g in results[True][1].items():
+        torch.testing.assert_close(g, results[False][1][k], rtol=1e-10, atol=1e-12, msg=k)
+
+
 def test_gradcheck_through_the_state_path():
     lm = tiny_lm(n_layer=1)
     state = lm.empty_state(1)
@@ -126,8 +147,8 @@ def test_custom_functions_gradcheck(monkeypatch, block_elements):
 
     xs, taps, bias = randn(2, 9, 5), randn(4, 5), randn(5)
     for silu in (False, True):
-        assert torch.autograd.gradcheck(lambda a, b, c: CausalConv1dFunction.apply(a, b, c, silu), (xs, taps, bias))
-        assert torch.autograd.gradcheck(lambda a, b: CausalConv1dFunction.apply(a, b, None, silu), (xs, taps))
+        assert torch.autograd.gradcheck(lambda a, b, c: CausalConv1dFunction.apply(a, b, c, silu, True), (xs, taps, bias))
+        assert torch.autograd.gradcheck(lambda a, b: CausalConv1dFunction.apply(a, b, None, silu, True), (xs, taps))
     x, w = randn(3, 4, 7), randn(7)
     assert torch.autograd.gradcheck(lambda a, b: RMSNormFunction.apply(a, b, 1e-5), (x, w))
     x, z, w = randn(2, 5, 6), randn(2, 5, 6), randn(6)
