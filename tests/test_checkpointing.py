@@ -1,5 +1,7 @@
 """Every checkpointing mode against plain autograd, and the planner against the meter."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -120,6 +122,22 @@ def test_impossible_settings_raise_a_named_error(bad):
 
 # --- the planner against the meter ---
 
+@pytest.mark.parametrize("mode,l,s", [("layer", None, None), ("multi_axis", 2, 8)], ids=["layer", "multi_axis-l2-s8"])
+def test_checkpointing_a_model_that_keeps_its_mixer_activations(mode, l, s):
+    """use_mem_eff_path=False: the checkpointed cells keep the mixers' activations while they are
+    recomputed; loss and gradients are still those of plain autograd."""
+    torch.manual_seed(0)
+    lm = Mamba2LM(keeping_activations(TINY)).to(torch.float64)
+    for case in CASES[:2]:
+        lm.set_checkpointing("none")
+        ref_loss, ref = train_step(lm, *case)
+        lm.set_checkpointing(mode, layers_per_block=l, tokens_per_segment=s)
+        loss, got = train_step(lm, *case)
+        assert rel_err(loss, ref_loss) <= TOLERANCE[torch.float64]
+        for name in ref:
+            assert rel_err(got[name], ref[name]) <= TOLERANCE[torch.float64], name
+
+
 MID = Mamba2Config(d_model=64, n_layer=8, vocab_size=1000, ssm_cfg=dict(d_state=16, headdim=16, chunk_size=32))
 
 
@@ -136,14 +154,21 @@ def measured_step_peak(lm, seq_len, batch):
     return peak_bytes(step)
 
 
-def test_planner_predicts_every_mode_within_15_percent():
+def keeping_activations(config: Mamba2Config) -> Mamba2Config:
+    """The same model with use_mem_eff_path=False: the mixers keep their activations for backward."""
+    return dataclasses.replace(config, ssm_cfg={**config.ssm_cfg, "use_mem_eff_path": False})
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["recompute_mixer", "keep_mixer_activations"])
+def test_planner_predicts_every_mode_within_15_percent(keep):
     S, batch = 600, 2  # 600 is not a multiple of the chunk
-    lm = Mamba2LM(MID)
+    config = keeping_activations(MID) if keep else MID
+    lm = Mamba2LM(config)
     for mode, l, s in [("none", None, None), ("layer", None, None), ("sqrt", None, None),
                        ("multi_axis", 2, 64), ("multi_axis", 4, 256), ("multi_axis", None, None)]:
         lm.set_checkpointing(mode, layers_per_block=l, tokens_per_segment=s)
         measured = measured_step_peak(lm, S, batch)
-        predicted = predict_peak_bytes(MID, S, mode, batch, layers_per_block=l, tokens_per_segment=s)
+        predicted = predict_peak_bytes(config, S, mode, batch, layers_per_block=l, tokens_per_segment=s)
         assert predicted == pytest.approx(measured, rel=0.15), mode
 
 
