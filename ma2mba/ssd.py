@@ -278,7 +278,7 @@ class ChunkedScan(torch.autograd.Function):
 
             # The elementwise work below runs in the state dtype on tensors converted once each: under
             # bf16, mixed-dtype products and repeated conversions cost more than the arithmetic.
-            # Sums over the head dim are vecdots, which make no (…, p) temporary.
+            # Sums over the head dim are vecdots (faster here than a product and a sum).
             dy32, x32 = dy.to(sdt), ch.x.to(sdt)
 
             # The entering state's contribution exp(cum_i) · y_off_i, y_off_i = state @ C_i.

@@ -57,6 +57,20 @@ def test_split_calls_and_steps_equal_one_call(name):
     check_split_and_step_identity(lm, ids, ([5], [CHUNK], [2 * CHUNK], [1], [3, 11, 16, 20]), full, assert_states_close, **TIGHT)
 
 
+@pytest.mark.parametrize("name", ["base", "groups_mlp_hdimD"])
+def test_forward_without_grad_equals_forward_with_grad(name):
+    """Without a gradient to take, the conv and the scan keep no backward-only buffers; the
+    result must not change."""
+    lm = tiny_lm(name)
+    ids = torch.randint(0, VOCAB, (2, 21), generator=torch.Generator().manual_seed(5))
+    state = lm(ids[:, :3]).state  # a non-zero initial state
+    with_grad = lm(ids[:, 3:], state=state)
+    with torch.no_grad():
+        without = lm(ids[:, 3:], state=state)
+    torch.testing.assert_close(without.logits, with_grad.logits.detach(), **TIGHT)
+    assert_states_close(without.state, with_grad.state.map(torch.Tensor.detach), **TIGHT)
+
+
 def test_segmented_forward_equals_one_segment():
     """Long inputs run in segments that hand the state on; the result must not depend on them."""
     lm = tiny_lm("groups_mlp_hdimD")
