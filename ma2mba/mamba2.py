@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .config import Mamba2Config, SSMConfig
-from .ssd import ssd_scan, ssd_step, state_dtype
+from .ssd import gradient_will_flow, ssd_scan, ssd_step, state_dtype
 
 
 # Elements (per tensor) in one block of the cache-blocked functions here: 512 KiB in float32, so that
@@ -134,8 +134,7 @@ def causal_conv1d(x, weight, bias, conv_state, silu=False):
     w = weight.shape[-1]
     xs = torch.cat([conv_state.transpose(1, 2).to(x.dtype), x], dim=1)  # (b, w - 1 + l, dim)
     new_state = xs[:, xs.shape[1] - (w - 1):].transpose(1, 2).contiguous()  # a copy: xs is not kept alive
-    for_backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xs, weight, bias))
-    return CausalConv1dFunction.apply(xs, weight[:, 0].t(), bias, silu, for_backward), new_state
+    return CausalConv1dFunction.apply(xs, weight[:, 0].t(), bias, silu, gradient_will_flow(xs, weight, bias)), new_state
 
 
 class CausalConv1dFunction(torch.autograd.Function):

@@ -55,6 +55,12 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def gradient_will_flow(*tensors) -> bool:
+    """Whether autograd will differentiate an op on these (None allowed): the custom Functions
+    then keep what their backward reads, and otherwise skip those buffers."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def discretize_dt(dt, dt_bias=None, dt_softplus=True, dt_limit=NO_DT_LIMIT):
     """dt_raw (…, h) -> dt (…, h) in the state dtype, as mamba_ssm computes it."""
     dt = dt.to(state_dtype(dt.dtype))
@@ -98,8 +104,7 @@ def ssd_scan(
         return y, final
 
     dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (b, l, h)
-    for_backward = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, dt, A, B, C, initial_state, D))
+    for_backward = gradient_will_flow(x, dt, A, B, C, initial_state, D)
     y, final = ChunkedScan.apply(x, dt, A, B, C, min(chunk_size, CPU_MAX_CHUNK), initial_state, D, for_backward)
     if z is not None:
         y = y * F.silu(z)
