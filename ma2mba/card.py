@@ -38,12 +38,14 @@ def parameter_table(model: VideoMa2mba) -> str:
 
 
 def stage_table(stages) -> str:
-    lines = ["| stage | task | steps | peak lr | video lengths (s) | vision | checkpointing |", "|---|---|---|---|---|---|---|"]
+    lines = ["| stage | task | steps | peak lr | video lengths (s) | vision | checkpointing | LM |",
+             "|---|---|---|---|---|---|---|---|"]
     for s in stages:
         s = dataclasses.asdict(s)
         lengths = ", ".join(map(str, s["lengths"])) if s["task"] in ("captions", "qa") else "single frames"
+        lm = f"gains MLPs of width {s['grow_mlp']}" if s["grow_mlp"] else ("—" if s["task"] == "kinds" else "trained")
         lines.append(f"| {s['name']} | {s['task']} | {s['steps']} | {s['lr']:g} | {lengths} | "
-                     f"{'trained' if s['train_vision'] else 'frozen'} | {s['checkpointing']} |")
+                     f"{'trained' if s['train_vision'] else 'frozen'} | {s['checkpointing']} | {lm} |")
     return "\n".join(lines)
 
 
@@ -52,6 +54,8 @@ def model_card(model: VideoMa2mba, stages, command: str, wall_seconds: float, ev
     c = model.config
     s = c.lm.ssm
     notes = notes.rstrip() + "\n" if notes else ""
+    mlp = f"a gated MLP of width {c.lm.d_intermediate} after each mixer (mamba_ssm's d_intermediate), " \
+        if c.lm.d_intermediate else ""
     return f"""---
 license: apache-2.0
 tags: [video-ma2mba, mamba2, video-question-answering, shapeworld]
@@ -72,7 +76,7 @@ order, and when a rare object appeared.
 - Every frame is preceded by a time-marker token (a linear map of the digits of m:ss), so the
   model knows when each frame was shown.
 - Mamba-2 LM: d_model {c.lm.d_model}, {c.lm.n_layer} layers, {s.nheads} heads of dim {s.headdim},
-  d_state {s.d_state}, tied embeddings; chat template of the paper
+  d_state {s.d_state}, {mlp}tied embeddings; chat template of the paper
   (`<|system|>…<|endoftext|><|user|>` frames, question `<|endoftext|><|assistant|>` answer).
 
 {parameter_table(model)}

@@ -140,6 +140,25 @@ class Mamba2LM(nn.Module):
                 nn.init.kaiming_uniform_(p, a=math.sqrt(5))
                 p /= math.sqrt(per_layer * self.config.n_layer)
 
+    @torch.no_grad()
+    def add_mlp(self, d_intermediate: int) -> None:
+        """Give every block an MLP (mamba_ssm's d_intermediate) that starts as the identity.
+
+        The new MLPs' output projections start at zero, so the model computes exactly what it did
+        before; training then grows them. This lets a trained MLP-free model gain per-token
+        capacity without starting over.
+        """
+        from .mamba2 import GatedMLP
+
+        if self.config.d_intermediate > 0:
+            raise ValueError(f"the blocks already have MLPs (d_intermediate={self.config.d_intermediate})")
+        p = self.lm_head.weight
+        for layer in self.backbone.layers:
+            layer.norm2 = make_norm(self.config, self.config.d_model).to(p.device, p.dtype)
+            layer.mlp = GatedMLP(self.config.d_model, d_intermediate).to(p.device, p.dtype)
+            nn.init.zeros_(layer.mlp.fc2.weight)
+        self.config.d_intermediate = d_intermediate
+
     # --- running ---
     def empty_state(self, batch: int = 1, dtype=None, device=None) -> State:
         p = self.lm_head.weight

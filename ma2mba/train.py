@@ -69,6 +69,8 @@ class Stage:
     checkpointing: str = "none"  # gradient checkpointing mode for the LM on long clips …
     checkpointing_from: int = 0  # … of at least this many seconds (shorter ones need none)
     warmup: int = 50
+    question_kinds: tuple | None = None  # qa: the kinds asked, in turns; a kind listed twice comes twice as often
+    grow_mlp: int = 0  # > 0: the stage first gives every LM block an MLP of this width, starting as the identity
 
 
 RECIPES = {
@@ -80,6 +82,15 @@ RECIPES = {
         Stage("qa", "qa", steps=900, lr=1e-3, lengths=(16, 32, 64, 128, 256, 512), promote_at=0.6, min_steps=30,
               tokens_per_step=4096, asks_per_step=256, caption_share=0.1,
               checkpointing="multi_axis", checkpointing_from=512),
+        # Stage 2 again, longer, on an LM grown by a per-block MLP (zero-initialised, so the trained model
+        # is unchanged at the start). The first QA stage learnt first/last but stalled on counts, "after"
+        # and "when": questions that look up one of 28 (colour, shape) kinds, a conjunction of two words
+        # that an MLP-free Mamba-2 forms slowly. Those kinds are asked more often here.
+        Stage("qa_mlp", "qa", steps=1200, lr=1e-3, lengths=(32, 64, 128, 256, 512), promote_at=0.0, min_steps=1,
+              replay=0.6, tokens_per_step=4096, asks_per_step=256,
+              checkpointing="multi_axis", checkpointing_from=512, warmup=30, grow_mlp=384,
+              question_kinds=("first_shape", "first_color", "last", "exists", "exists", "after", "after",
+                              "count", "count", "count", "when", "when", "when")),
     ],
     # "shapes" at a budget the Transformer baseline is compared on (the accuracy section of
     # benchmarks/transformer_vs_mamba.py), about 30 min per model on one core: the same stages, data,
@@ -101,6 +112,8 @@ RECIPES = {
         Stage("captions", "captions", steps=2, lr=1e-3, lengths=(6,), tokens_per_step=48, asks_per_step=8, warmup=1),
         Stage("qa", "qa", steps=3, lr=1e-3, lengths=(6, 10), min_steps=1, promote_at=0.0,
               tokens_per_step=64, asks_per_step=16, warmup=1, checkpointing="multi_axis"),
+        Stage("qa_mlp", "qa", steps=3, lr=1e-3, lengths=(6, 10), min_steps=1, promote_at=0.0, replay=0.5,
+              tokens_per_step=64, asks_per_step=16, warmup=1, grow_mlp=64, question_kinds=("count", "count", "when")),
     ],
 }
 
@@ -223,6 +236,9 @@ class Trainer:
 
     def _begin_stage(self) -> None:
         stage = self.stage
+        lm = self.model.lm
+        if stage.grow_mlp and getattr(lm.config, "d_intermediate", 1) == 0:  # a Mamba-2 LM without MLPs yet
+            lm.add_mlp(stage.grow_mlp)
         self.curriculum = Curriculum(stage)
         self.optimizer = make_optimizer(self._trainable(stage), stage.lr)  # fresh moments for a new task
 
@@ -267,7 +283,7 @@ class Trainer:
             video, as_of = videos[b], moments[j] - 1  # the moment's last frame is shown at second m - 1
             n_caption = n if stage.task == "captions" else int(self.rng.binomial(n, stage.caption_share))
             asks += [Ask(b, j, CAPTION_QUESTION, caption_answer(video, as_of), "caption")] * min(n_caption, 1)
-            for qa in video.questions(self.rng, n=n - min(n_caption, 1), as_of=as_of):
+            for qa in video.questions(self.rng, n=n - min(n_caption, 1), kinds=stage.question_kinds, as_of=as_of):
                 asks.append(Ask(b, j, qa.question, qa.answer, qa.kind_of_question))
         return frames, np.arange(length), moments, asks
 
@@ -414,8 +430,10 @@ class Trainer:
         self.stage_index, self.step = ck["stage_index"], ck["step"]
         self.seconds, self.videos_made = ck["seconds"], ck["videos_made"]
         self._begin_stage()
-        self.curriculum.load_state_dict(ck["curriculum"])
-        self.optimizer.load_state_dict(ck["optimizer"])
+        if self.step > 0:  # mid-stage; at step 0 the fresh optimizer and curriculum are the right ones (a
+            # checkpoint written when the recipe had ended holds its last stage's, and the recipe may have grown)
+            self.curriculum.load_state_dict(ck["curriculum"])
+            self.optimizer.load_state_dict(ck["optimizer"])
         self.rng.bit_generator.state = json.loads(ck["rng"])
         torch.set_rng_state(ck["torch_rng"])
 

@@ -231,3 +231,23 @@ def test_save_and_load_round_trip(tmp_path):
     ids = torch.randint(0, VOCAB, (1, 12))
     torch.testing.assert_close(loaded(ids).logits, lm(ids).logits, rtol=0, atol=0)
     assert loaded.lm_head.weight is loaded.backbone.embedding.weight
+
+
+def test_added_mlps_start_as_the_identity_then_learn(tmp_path):
+    lm = tiny_lm(dtype=torch.float32)
+    ids = torch.randint(0, VOCAB, (2, 20))
+    before = lm(ids).logits
+    lm.add_mlp(40)
+    assert lm.config.d_intermediate == 40 and all(layer.mlp is not None for layer in lm.backbone.layers)
+    torch.testing.assert_close(lm(ids).logits, before, rtol=0, atol=0)  # zero output projections: same function
+    with pytest.raises(ValueError, match="already"):
+        lm.add_mlp(40)
+    # One optimiser step moves the grown model away from the old one, and it saves and loads as an MLP model.
+    opt = torch.optim.SGD(lm.parameters(), lr=0.1)
+    torch.nn.functional.cross_entropy(lm(ids).logits.flatten(0, 1), ids.flatten()).backward()
+    assert all(layer.mlp.fc2.weight.grad.abs().sum() > 0 for layer in lm.backbone.layers)
+    opt.step()
+    assert all(layer.mlp.fc2.weight.abs().sum() > 0 for layer in lm.backbone.layers)
+    lm.save_pretrained(tmp_path)
+    loaded = Mamba2LM.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded(ids).logits, lm(ids).logits, rtol=0, atol=0)

@@ -18,7 +18,12 @@ def test_paused_and_resumed_training_equals_one_run(tmp_path):
     paused = Trainer(tmp_path / "b", recipe="smoke", bf16=False)
     paused.run(progress=False, max_steps=total // 2)
     assert paused.stage_index < len(paused.stages)
-    resumed = Trainer(tmp_path / "b", recipe="smoke", bf16=False)  # a fresh process would do the same
+    # Paused again inside the last stage, which grows the LM by MLPs as it begins.
+    paused = Trainer(tmp_path / "b", recipe="smoke", bf16=False)  # a fresh process would do the same
+    paused.run(progress=False, max_steps=total - 1 - total // 2)
+    assert paused.stage.grow_mlp and paused.step == paused.stage.steps - 1
+    resumed = Trainer(tmp_path / "b", recipe="smoke", bf16=False)
+    assert resumed.model.lm.config.d_intermediate == resumed.stage.grow_mlp
     resumed.run(progress=False)
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
@@ -56,3 +61,27 @@ def test_caption_answers_list_recent_events():
     assert answer.count("appears") == min(4, sum(t - 20 < s <= t for s in starts))
     quiet = next(t for t in range(20, 600) if not any(t - 20 < s <= t for s in starts))  # sparse long video
     assert caption_answer(video, quiet) == "nothing appeared"
+
+
+def test_a_finished_run_goes_on_when_its_recipe_gains_a_stage(tmp_path, monkeypatch):
+    """How the shipped model was made: a run that had finished its recipe resumes when a stage is
+    appended (here one that grows the LM by MLPs), with the new stage's optimiser and curriculum."""
+    torch.set_num_threads(1)
+    full = RECIPES["smoke"]
+    assert full[-1].grow_mlp
+    monkeypatch.setitem(RECIPES, "smoke", full[:-1])
+    Trainer(tmp_path, recipe="smoke", bf16=False).run(progress=False)
+    finished = load_model(tmp_path / "model")
+    monkeypatch.setitem(RECIPES, "smoke", full)
+    grown = Trainer(tmp_path, recipe="smoke", bf16=False)
+    assert (grown.stage_index, grown.step, grown.curriculum.level) == (len(full) - 1, 0, 0)
+    assert grown.model.lm.config.d_intermediate == full[-1].grow_mlp
+    ids = torch.tensor([finished.prompt_ids()])
+    with torch.no_grad():
+        torch.testing.assert_close(grown.model.lm(ids).logits, finished.lm(ids).logits, rtol=0, atol=0)
+    grown.run(progress=False)
+    log = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [r["stage"] for r in log].count(full[-1].name) == full[-1].steps
+    asked = {k for r in log if r["stage"] == full[-1].name for k in r["by_kind"]}
+    assert asked <= set(full[-1].question_kinds)
+    assert load_model(tmp_path / "model").lm.config.d_intermediate == full[-1].grow_mlp
