@@ -113,7 +113,7 @@ def test_asking_as_of_an_earlier_time_rewinds(url, reference, name):
     watch(client, name)
     rewind = EXAMPLES[name]["rewind"]
     answer, messages = ask(client, rewind["question"], as_of=rewind["as_of"])
-    assert messages[0] == f"{rewind['question']}  \n*(as of 0:{rewind['as_of']:02d})*"
+    assert messages[0] == f"{rewind['question']}  \n*(as of {shapeworld.format_time(rewind['as_of'])})*"  # m:ss
     # the answer of a session that saw only the frames up to then (0 … as_of, one per second)
     assert answer == reference(name, rewind["question"], frames=rewind["as_of"] + 1)
     assert messages[-1].endswith(f"ShapeWorld's answer: **{rewind['answer']}**")  # the truth then, not at the end
