@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ma2mba import load_model  # noqa: E402
 from ma2mba.data import shapeworld  # noqa: E402
-from ma2mba.evaluate import answer_batch, heldout_videos, parse_seconds, raw_frames, watch  # noqa: E402
+from ma2mba.evaluate import answer_batch, heldout_videos, is_correct, parse_seconds, raw_frames, watch  # noqa: E402
 
 
 def exists_category(kind, counts) -> str:
@@ -46,22 +46,19 @@ def analyse(model, videos) -> dict:
     state = watch(model, frames, np.arange(videos[0].duration))
     for row, video in enumerate(videos):
         counts = video.counts()
-        names = [shapeworld.with_article(shapeworld.kind_name(k)) for k in shapeworld.KINDS]
-        whens = video.all_questions()["when"]
-        questions = ([f"Did {n} appear?" for n in names] + [f"How many times did {n} appear?" for n in names]
-                     + [qa.question for qa in whens])
-        mine = state.map(lambda t: t[row:row + 1].expand(len(questions), *t.shape[1:]).contiguous())
-        answers = answer_batch(model, mine, questions)
-        for i, kind in enumerate(shapeworld.KINDS):
-            cell = tally[("exists", exists_category(kind, counts))]
-            cell[0] += answers[i] == ("yes" if counts[kind] else "no")
-            cell[1] += 1
-            cell = tally[("count", count_bucket(counts[kind]))]
-            cell[0] += answers[28 + i] == str(counts[kind])
-            cell[1] += 1
-        for qa, got in zip(whens, answers[56:]):
-            want, said = parse_seconds(qa.answer), parse_seconds(got)
-            when_off.append(None if said is None else abs(said - want))
+        everything = video.all_questions()  # "exists" and "count": one question per kind, in KINDS order
+        asked = {name: everything[name] for name in ("exists", "count", "when")}
+        qas = [qa for group in asked.values() for qa in group]
+        mine = state.map(lambda t: t[row:row + 1].expand(len(qas), *t.shape[1:]).contiguous())
+        answers = iter(answer_batch(model, mine, [qa.question for qa in qas]))
+        for name, split in (("exists", exists_category), ("count", lambda kind, c: count_bucket(c[kind]))):
+            for kind, qa in zip(shapeworld.KINDS, asked[name]):
+                cell = tally[(name, split(kind, counts))]
+                cell[0] += is_correct(name, qa.answer, next(answers))
+                cell[1] += 1
+        for qa in asked["when"]:
+            said = parse_seconds(next(answers))
+            when_off.append(None if said is None else abs(said - parse_seconds(qa.answer)))
     order = ["yes", "no: neither part shown", "no: one part shown", "no: both parts shown, apart",
              "0", "1", "2-5", "6-10", "11-20"]
     report = {f"{table}: {row}": {"accuracy": right / asked, "asked": asked}

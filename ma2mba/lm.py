@@ -148,14 +148,13 @@ class Mamba2LM(nn.Module):
         before; training then grows them. This lets a trained MLP-free model gain per-token
         capacity without starting over.
         """
-        from .mamba2 import GatedMLP
-
         if self.config.d_intermediate > 0:
             raise ValueError(f"the blocks already have MLPs (d_intermediate={self.config.d_intermediate})")
         p = self.lm_head.weight
         for layer in self.backbone.layers:
-            layer.norm2 = make_norm(self.config, self.config.d_model).to(p.device, p.dtype)
-            layer.mlp = GatedMLP(self.config.d_model, d_intermediate).to(p.device, p.dtype)
+            layer.attach_mlp(self.config, d_intermediate)
+            for new in (layer.norm2, layer.mlp):  # only the new parts: the rest keeps its dtypes
+                new.to(p.device, p.dtype)
             nn.init.zeros_(layer.mlp.fc2.weight)
         self.config.d_intermediate = d_intermediate
 

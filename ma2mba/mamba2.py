@@ -328,11 +328,14 @@ class Block(nn.Module):
         self.residual_in_fp32 = config.residual_in_fp32
         self.norm = make_norm(config, config.d_model)
         self.mixer = Mamba2(config.ssm, layer_idx)
+        self.mlp = None
         if config.d_intermediate > 0:
-            self.norm2 = make_norm(config, config.d_model)
-            self.mlp = GatedMLP(config.d_model, config.d_intermediate)
-        else:
-            self.mlp = None
+            self.attach_mlp(config, config.d_intermediate)
+
+    def attach_mlp(self, config: Mamba2Config, d_intermediate: int) -> None:
+        """The MLP after the mixer, with its own pre-norm (mamba_ssm's Block with d_intermediate > 0)."""
+        self.norm2 = make_norm(config, config.d_model)
+        self.mlp = GatedMLP(config.d_model, d_intermediate)
 
     def _add_norm(self, norm, hidden, residual):
         residual = hidden if residual is None else hidden + residual

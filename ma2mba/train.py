@@ -37,6 +37,7 @@ from .baselines import matched_transformer_config
 from .data import shapeworld
 from .data.batches import (ASPECTS, Ask, answer_scores, collate, conversations, gather_states, pixels, prompt_state,
                            render_letterboxed, states_at_moments, visual_tokens)
+from .lm import Mamba2LM
 from .model import VideoMa2mba, packaged_config
 from .tokenizer import build_word_tokenizer
 
@@ -237,7 +238,7 @@ class Trainer:
     def _begin_stage(self) -> None:
         stage = self.stage
         lm = self.model.lm
-        if stage.grow_mlp and getattr(lm.config, "d_intermediate", 1) == 0:  # a Mamba-2 LM without MLPs yet
+        if stage.grow_mlp and isinstance(lm, Mamba2LM) and lm.config.d_intermediate == 0:  # not grown yet
             lm.add_mlp(stage.grow_mlp)
         self.curriculum = Curriculum(stage)
         self.optimizer = make_optimizer(self._trainable(stage), stage.lr)  # fresh moments for a new task
