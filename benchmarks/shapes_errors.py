@@ -6,7 +6,9 @@ A kind is a (colour, shape) pair, so "Did a red star appear?" needs the pair, no
 "no" answers are split by what the video did show: neither part (no red thing, no star), one part,
 or both parts in other kinds (a red circle and a blue star, but no red star). A model that keeps
 colours and shapes apart, instead of their pairs, is right on the first and at chance on the last.
-Counts are split by the true count, and "when" answers by how far off they are.
+Counts are split by the true count, and "when" answers by how far off they are, also split by
+whether the kind appeared in the video's last 30 s: a model that can read the time markers but
+not keep them would get those recent ones right.
 
 Prints a table and writes results/shapes_errors.json (or --out).
 """
@@ -41,7 +43,7 @@ def count_bucket(n: int) -> str:
 
 def analyse(model, videos) -> dict:
     tally = defaultdict(lambda: [0, 0])  # (table, row) -> [right, asked]
-    when_off = []
+    when_pairs = []  # (when it appeared, when the model said; None if no time was said), in seconds
     frames = np.stack([raw_frames(model, v, range(v.duration)) for v in videos])
     state = watch(model, frames, np.arange(videos[0].duration))
     for row, video in enumerate(videos):
@@ -57,16 +59,25 @@ def analyse(model, videos) -> dict:
                 cell[0] += is_correct(name, qa.answer, next(answers))
                 cell[1] += 1
         for qa in asked["when"]:
-            said = parse_seconds(next(answers))
-            when_off.append(None if said is None else abs(said - parse_seconds(qa.answer)))
+            when_pairs.append((parse_seconds(qa.answer), parse_seconds(next(answers)), video.duration))
     order = ["yes", "no: neither part shown", "no: one part shown", "no: both parts shown, apart",
              "0", "1", "2-5", "6-10", "11-20"]
     report = {f"{table}: {row}": {"accuracy": right / asked, "asked": asked}
               for (table, row), (right, asked) in sorted(tally.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1])))}
-    said = [d for d in when_off if d is not None]
-    report["when"] = {"asked": len(when_off), "within_2s": sum(d <= 2 for d in said) / max(1, len(when_off)),
-                      "median_seconds_off": float(np.median(said)) if said else None}
+    recent = [p for p in when_pairs if p[2] - p[0] <= RECENT_S]
+    report["when"] = when_summary(when_pairs)
+    report[f"when: appeared in the last {RECENT_S} s"] = when_summary(recent)
+    report["when: appeared earlier"] = when_summary([p for p in when_pairs if p not in recent])
     return report
+
+
+RECENT_S = 30
+
+
+def when_summary(pairs) -> dict:
+    off = [abs(said - truth) for truth, said, _ in pairs if said is not None]
+    return {"asked": len(pairs), "within_2s": sum(d <= 2 for d in off) / max(1, len(pairs)),
+            "median_seconds_off": float(np.median(off)) if off else None}
 
 
 def main():
@@ -85,10 +96,11 @@ def main():
     print(f"| question: split | accuracy | asked |   ({args.videos} videos of {args.minutes:g} min)")
     print("|---|---|---|")
     for name, row in report.items():
-        if name != "when":
+        if name.startswith("when"):
+            print(f"| {name}: within 2 s | {100 * row['within_2s']:.1f} | {row['asked']} |"
+                  f"  (median {row['median_seconds_off']} s off)")
+        else:
             print(f"| {name} | {100 * row['accuracy']:.1f} | {row['asked']} |")
-    w = report["when"]
-    print(f"| when: within 2 s | {100 * w['within_2s']:.1f} | {w['asked']} |  (median {w['median_seconds_off']} s off)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"model": args.model or "packaged", "minutes": args.minutes,
                                           "videos": args.videos, "report": report}, indent=2) + "\n")
