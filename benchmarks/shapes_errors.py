@@ -43,7 +43,7 @@ def count_bucket(n: int) -> str:
 
 def analyse(model, videos) -> dict:
     tally = defaultdict(lambda: [0, 0])  # (table, row) -> [right, asked]
-    when_pairs = []  # (when it appeared, when the model said; None if no time was said), in seconds
+    when_pairs = []  # (when it appeared, when the model said it did or None, the video's length) in seconds
     frames = np.stack([raw_frames(model, v, range(v.duration)) for v in videos])
     state = watch(model, frames, np.arange(videos[0].duration))
     for row, video in enumerate(videos):
@@ -64,10 +64,10 @@ def analyse(model, videos) -> dict:
              "0", "1", "2-5", "6-10", "11-20"]
     report = {f"{table}: {row}": {"accuracy": right / asked, "asked": asked}
               for (table, row), (right, asked) in sorted(tally.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1])))}
-    recent = [p for p in when_pairs if p[2] - p[0] <= RECENT_S]
+    recent = [length - truth <= RECENT_S for truth, _, length in when_pairs]
     report["when"] = when_summary(when_pairs)
-    report[f"when: appeared in the last {RECENT_S} s"] = when_summary(recent)
-    report["when: appeared earlier"] = when_summary([p for p in when_pairs if p not in recent])
+    report[f"when: appeared in the last {RECENT_S} s"] = when_summary([p for p, r in zip(when_pairs, recent) if r])
+    report["when: appeared earlier"] = when_summary([p for p, r in zip(when_pairs, recent) if not r])
     return report
 
 
