@@ -41,9 +41,12 @@ def count_bucket(n: int) -> str:
     return "0" if n == 0 else "1" if n == 1 else "2-5" if n <= 5 else "6-10" if n <= 10 else "11-20"
 
 
+RECENT_S = 30  # "when" answers are split by whether the kind appeared in the video's last RECENT_S seconds
+
+
 def analyse(model, videos) -> dict:
     tally = defaultdict(lambda: [0, 0])  # (table, row) -> [right, asked]
-    when_pairs = []  # (when it appeared, when the model said it did or None, the video's length) in seconds
+    when_answers = []  # (when it appeared, when the model said it did or None, the video's length) in seconds
     frames = np.stack([raw_frames(model, v, range(v.duration)) for v in videos])
     state = watch(model, frames, np.arange(videos[0].duration))
     for row, video in enumerate(videos):
@@ -59,24 +62,21 @@ def analyse(model, videos) -> dict:
                 cell[0] += is_correct(name, qa.answer, next(answers))
                 cell[1] += 1
         for qa in asked["when"]:
-            when_pairs.append((parse_seconds(qa.answer), parse_seconds(next(answers)), video.duration))
+            when_answers.append((parse_seconds(qa.answer), parse_seconds(next(answers)), video.duration))
     order = ["yes", "no: neither part shown", "no: one part shown", "no: both parts shown, apart",
              "0", "1", "2-5", "6-10", "11-20"]
-    report = {f"{table}: {row}": {"accuracy": right / asked, "asked": asked}
-              for (table, row), (right, asked) in sorted(tally.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1])))}
-    recent = [length - truth <= RECENT_S for truth, _, length in when_pairs]
-    report["when"] = when_summary(when_pairs)
-    report[f"when: appeared in the last {RECENT_S} s"] = when_summary([p for p, r in zip(when_pairs, recent) if r])
-    report["when: appeared earlier"] = when_summary([p for p, r in zip(when_pairs, recent) if not r])
+    ranked = sorted(tally.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1])))
+    report = {f"{table}: {row}": {"accuracy": right / asked, "asked": asked} for (table, row), (right, asked) in ranked}
+    recent = [length - truth <= RECENT_S for truth, _, length in when_answers]
+    report["when"] = when_summary(when_answers)
+    report[f"when: appeared in the last {RECENT_S} s"] = when_summary([a for a, r in zip(when_answers, recent) if r])
+    report["when: appeared earlier"] = when_summary([a for a, r in zip(when_answers, recent) if not r])
     return report
 
 
-RECENT_S = 30
-
-
-def when_summary(pairs) -> dict:
-    off = [abs(said - truth) for truth, said, _ in pairs if said is not None]
-    return {"asked": len(pairs), "within_2s": sum(d <= 2 for d in off) / max(1, len(pairs)),
+def when_summary(answers) -> dict:
+    off = [abs(said - truth) for truth, said, _ in answers if said is not None]
+    return {"asked": len(answers), "within_2s": sum(d <= 2 for d in off) / max(1, len(answers)),
             "median_seconds_off": float(np.median(off)) if off else None}
 
 

@@ -335,8 +335,9 @@ class Video:
         """A balanced sample of n distinct questions (default: one per question kind).
 
         `kinds` restricts the question kinds (names from QUESTION_KINDS). Kinds take turns in a
-        random order, a kind listed twice taking two turns of each round; within a kind, each distinct answer is equally likely (so 'yes' and 'no', or
-        a count of 0 and a count of 7, come up equally often), then a question with that answer.
+        random order, a kind listed twice taking two turns of each round. Within a kind, each
+        distinct answer is equally likely (so 'yes' and 'no', or a count of 0 and a count of 7, come
+        up equally often), then a question with that answer.
         """
         rng = rng_or_seed if isinstance(rng_or_seed, np.random.Generator) else _generator(rng_or_seed)
         kinds = QUESTION_KINDS if kinds is None else tuple(kinds)
