@@ -1,0 +1,169 @@
+"""Short probes of why the packaged model cannot answer "when": each resumes the finished `shapes`
+run into one 150-step QA stage that also asks a clock question at every moment, with one change
+to the model. They patch the library from outside, so the shipped code stays as it is.
+
+    python results/time_marker_probes/probe.py OUT --variant V [--ask A] [--steps 150] [--threads 2]
+
+OUT must hold a copy of the finished run's checkpoint.pt (what `python -m ma2mba train --recipe
+shapes` leaves in its --out folder); the probe resumes it into the extra stage and logs to OUT/log.jsonl.
+
+variants (the time marker is one token before each frame's visual token, unless said otherwise):
+  onehot        as shipped: a learnt linear map of the one-hot m:ss digits
+  copy_digits   plus the LM's own (tied) embeddings of the four digits, one random ±1 pattern per
+                digit place, so the marker holds the very vectors the answer has to write
+  fused         no marker token: the marker is added to the frame's visual token (1 token a frame)
+  grow_state    every mixer's d_state 32 -> 128, function-preserving (the new C rows start at zero)
+asks (added to the stage's seven question types, at every moment questions branch from):
+  last_appearance   "When did the last shape appear?" -> the newest appearance's time
+  now               "When was the last frame?" -> the newest marker's time (pure reading)
+"""
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from ma2mba import model as model_module  # noqa: E402
+from ma2mba import train  # noqa: E402
+from ma2mba.data import shapeworld  # noqa: E402
+from ma2mba.data.batches import Ask  # noqa: E402
+
+QUESTIONS = {"last_appearance": "When did the last shape appear?", "now": "When was the last frame?"}
+
+
+def clock_answer(ask: str, video: shapeworld.Video, as_of: int) -> str | None:
+    if ask == "now":
+        return "at " + shapeworld.format_time(as_of)
+    shown = [a.start for a in video.appearances if a.start <= as_of]
+    return "at " + shapeworld.format_time(shown[-1]) if shown else None
+
+
+def add_clock_asks(ask: str) -> None:
+    """Every (video, moment) slot of a QA batch also gets the clock question."""
+    make_batch, make_video = train.Trainer._video_batch, train.Trainer._video
+
+    def remember(self, duration):
+        video = make_video(self, duration)
+        self.batch_videos.append(video)
+        return video
+
+    def with_clock(self, stage, length):
+        self.batch_videos = []
+        frames, times, moments, asks = make_batch(self, stage, length)
+        for b, j in sorted({(a.video, a.moment) for a in asks}):
+            answer = clock_answer(ask, self.batch_videos[b], moments[j] - 1)
+            if answer:
+                asks.append(Ask(b, j, QUESTIONS[ask], answer, "clock"))
+        return frames, times, moments, asks
+
+    train.Trainer._video, train.Trainer._video_batch = remember, with_clock
+
+
+def use_copyable_digits() -> None:
+    V = model_module.VideoMa2mba
+    init, load = V.__init__, V.load_state_dict
+
+    def new_init(self, config, tokenizer):
+        init(self, config, tokenizer)
+        signs = torch.randint(0, 2, (4, config.lm.d_model), generator=torch.Generator().manual_seed(1234)) * 2 - 1
+        self.digit_sign = nn.Parameter(signs.float())
+        self.digit_ids = torch.tensor([tokenizer.token_id(str(d)) for d in range(10)])
+
+    def frame_embeds(self, visual, times):
+        lead = visual.shape[:-2]
+        times = np.broadcast_to(np.asarray(times, dtype=np.float64), lead).reshape(-1)
+        marker = self.time_embed(model_module.time_features(times).to(visual.device, visual.dtype))
+        t = times.astype(np.int64)
+        minutes, seconds = t // 60, t % 60
+        digits = torch.as_tensor(np.stack([np.minimum(minutes // 10, 9), minutes % 10, seconds // 10, seconds % 10], 1))
+        digit_embeds = self.lm.embed(self.digit_ids.to(self.device)[digits])  # (N, 4, d)
+        marker = marker + (digit_embeds * self.digit_sign).sum(1).to(marker.dtype)
+        return torch.cat([marker.view(*lead, 1, -1), visual], dim=-2)
+
+    V.__init__, V.frame_embeds = new_init, frame_embeds
+    V.load_state_dict = lambda self, state, strict=True: load(self, state, strict=False)  # digit_sign is new
+
+
+def use_fused_marker() -> None:
+    def frame_embeds(self, visual, times):
+        lead = visual.shape[:-2]
+        times = np.broadcast_to(np.asarray(times, dtype=np.float64), lead).reshape(-1)
+        marker = self.time_embed(model_module.time_features(times).to(visual.device, visual.dtype))
+        return visual + marker.view(*lead, 1, -1)
+
+    model_module.VideoMa2mba.frame_embeds = frame_embeds
+    model_module.VideoMa2mba.tokens_per_frame = property(lambda self: self.vision.tokens_per_frame)
+
+
+@torch.no_grad()
+def grow_state(mixer, new: int) -> None:
+    """d_state -> new. in_proj rows are [z0, x0, z, x, B, C, dt] and the conv's channels [x, B, C]:
+    new B rows are random, new C rows and their conv bias zero, so C·h is unchanged at the start."""
+    c = mixer.cfg
+    old, add = c.d_state, new - c.d_state
+    d_mlp = (c.d_in_proj - 2 * c.d_ssm - 2 * old - c.nheads) // 2
+    b_end = 2 * d_mlp + 2 * c.d_ssm + old
+    W = mixer.in_proj.weight
+    new_B = (torch.rand(add, W.shape[1]) * 2 - 1) / W.shape[1] ** 0.5
+    mixer.in_proj.weight = nn.Parameter(torch.cat(
+        [W[:b_end], new_B.to(W.dtype), W[b_end:b_end + old], W.new_zeros(add, W.shape[1]), W[b_end + old:]]))
+    w, bias = mixer.conv1d.weight, mixer.conv1d.bias
+    x_end = c.d_ssm
+
+    def taps():
+        return (torch.rand(add, 1, w.shape[-1]) - 0.5).to(w.dtype)
+
+    mixer.conv1d.weight = nn.Parameter(torch.cat(
+        [w[:x_end + old], taps(), w[x_end + old:x_end + 2 * old], taps(), w[x_end + 2 * old:]]))
+    mixer.conv1d.bias = nn.Parameter(torch.cat(
+        [bias[:x_end + old], bias.new_zeros(add), bias[x_end + old:x_end + 2 * old], bias.new_zeros(add),
+         bias[x_end + 2 * old:]]))
+    mixer.cfg = dataclasses.replace(c, d_state=new)
+
+
+def use_grown_state(new: int = 128) -> None:
+    begin = train.Trainer._begin_stage
+
+    def grow_then_begin(self):
+        lm = self.model.lm
+        if self.stage.name == "clock" and lm.config.ssm_cfg["d_state"] != new:
+            for layer in lm.backbone.layers:
+                grow_state(layer.mixer, new)
+            lm.config.ssm_cfg["d_state"] = new
+        begin(self)
+
+    train.Trainer._begin_stage = grow_then_begin
+
+
+VARIANTS = {"onehot": lambda: None, "copy_digits": use_copyable_digits, "fused": use_fused_marker,
+            "grow_state": use_grown_state}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="onehot")
+    parser.add_argument("--ask", choices=sorted(QUESTIONS), default="last_appearance")
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--more", type=int, default=0,
+                        help="a second stage of this many steps (same settings), to continue a finished probe")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    probe_stage = train.Stage("clock", "qa", steps=args.steps, lr=6e-4, lengths=(32, 64, 128, 256), promote_at=0.0,
+                              min_steps=1, replay=0.6, tokens_per_step=4096, asks_per_step=256, warmup=10)
+    more = [dataclasses.replace(probe_stage, name="clock_more", steps=args.more)] if args.more else []
+    train.RECIPES["shapes"] = train.RECIPES["shapes"] + [probe_stage, *more]
+    add_clock_asks(args.ask)
+    VARIANTS[args.variant]()
+    torch.set_num_threads(args.threads)
+    train.Trainer(args.out, recipe="shapes").run()
+
+
+if __name__ == "__main__":
+    main()
