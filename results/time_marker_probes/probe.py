@@ -13,6 +13,8 @@ variants (the time marker is one token before each frame's visual token, unless 
                 digit place, so the marker holds the very vectors the answer has to write
   fused         no marker token: the marker is added to the frame's visual token (1 token a frame)
   grow_state    every mixer's d_state 32 -> 128, function-preserving (the new C rows start at zero)
+  dense_clock   as shipped, plus a training-only head that must read the m:ss digits from the LM's
+                output at every frame's visual token (one label per frame, not a few asks per video)
 asks (added to the stage's seven question types, at every moment questions branch from):
   last_appearance   "When did the last shape appear?" -> the newest appearance's time
   now               "When was the last frame?" -> the newest marker's time (pure reading)
@@ -141,8 +143,64 @@ def use_grown_state(new: int = 128) -> None:
     train.Trainer._begin_stage = grow_then_begin
 
 
+def use_dense_clock(weight: float = 1.0) -> None:
+    V = model_module.VideoMa2mba
+    init, load = V.__init__, V.load_state_dict
+
+    def new_init(self, config, tokenizer):
+        init(self, config, tokenizer)
+        self.clock_head = nn.Linear(config.lm.d_model, model_module.N_TIME_FEATURES)  # dropped after the probe
+
+    V.__init__ = new_init
+    V.load_state_dict = lambda self, state, strict=True: load(self, state, strict=False)  # clock_head is new
+    kept = {}
+
+    def states_keeping_hidden(model, tokens, moments, state):
+        """The library's states_at_moments, keeping the LM's output at every frame token as well."""
+        hidden, done, states = [], 0, []
+        for m in moments:
+            chunk = tokens[:, done:m].flatten(1, 2)
+            if chunk.shape[1]:
+                out, state = model.lm.backbone(chunk, state)
+                hidden.append(out)
+            states.append(state)
+            done = m
+        kept["hidden"] = torch.cat(hidden, 1).unflatten(1, tokens.shape[1:3])  # (B, N, 1 + k, d)
+        return states
+
+    train.states_at_moments = states_keeping_hidden
+    answer_step = train.Trainer._answer_step
+
+    def with_dense_clock(self, stage):
+        loss, correct, kinds, length, n_tokens = answer_step(self, stage)
+        if stage.task == "frames":
+            return loss, correct, kinds, length, n_tokens
+        at_frame = kept.pop("hidden")[:, :, -1]  # (B, N, d): the output at each frame's last visual token
+        logits = self.model.clock_head(at_frame.float())
+        t = np.arange(length)
+        digits = [np.minimum(t // 600, 15), (t // 60) % 10, (t % 60) // 10, t % 10]
+        aux, start, right = 0.0, 0, torch.ones(at_frame.shape[0] * length, dtype=torch.bool)
+        for d, width in zip(digits, model_module.TIME_DIGITS):
+            part = logits[..., start:start + width].flatten(0, 1)
+            target = torch.as_tensor(d).repeat(at_frame.shape[0])
+            aux = aux + torch.nn.functional.cross_entropy(part, target)
+            right &= part.argmax(-1) == target
+            start += width
+        self.clock_head_accuracy = float(right.float().mean())  # all four digits right, per frame
+        return loss + weight * aux / len(digits), correct, kinds, length, n_tokens
+
+    train_step = train.Trainer.train_step
+
+    def logged(self, stage):
+        record = train_step(self, stage)
+        record["clock_head_accuracy"] = round(getattr(self, "clock_head_accuracy", float("nan")), 4)
+        return record
+
+    train.Trainer._answer_step, train.Trainer.train_step = with_dense_clock, logged
+
+
 VARIANTS = {"onehot": lambda: None, "copy_digits": use_copyable_digits, "fused": use_fused_marker,
-            "grow_state": use_grown_state}
+            "grow_state": use_grown_state, "dense_clock": use_dense_clock}
 
 
 def main():
