@@ -45,8 +45,7 @@ def collect(model, n_videos: int, rng: np.random.Generator):
             tokens = model.frame_embeds(visual, np.arange(done, end)).flatten(0, 1)[None]  # (1, frames·2, d)
             hidden, state = model.lm.backbone(tokens, state)
             asked = model.lm(input_ids=question, state=state, return_logits=False).hidden
-            marker = model.frame_embeds(visual[-1:], [end - 1])[0, 0]
-            vectors = (marker, hidden[0, -1], asked[0, -1])
+            vectors = (tokens[0, -model.tokens_per_frame], hidden[0, -1], asked[0, -1])  # the newest marker, …
             rows.append((i, end - 1, *(v.float().numpy() for v in vectors)))
             done = end
     return rows

@@ -67,37 +67,53 @@ def add_clock_asks(ask: str) -> None:
     train.Trainer._video, train.Trainer._video_batch = remember, with_clock
 
 
-def use_copyable_digits() -> None:
+def marker_digits(times) -> torch.Tensor:
+    """times (N,) -> (N, 4) the digits the library's time markers encode, read back from time_features."""
+    groups = model_module.time_features(times).split(list(model_module.TIME_DIGITS), dim=-1)
+    return torch.stack([g.argmax(-1) for g in groups], -1)
+
+
+def add_parameters(make) -> None:
+    """Give every VideoMa2mba the modules make(model, config, tokenizer) attaches; the shipped
+    checkpoint lacks them, so it loads without strict key matching."""
     V = model_module.VideoMa2mba
     init, load = V.__init__, V.load_state_dict
 
     def new_init(self, config, tokenizer):
         init(self, config, tokenizer)
+        make(self, config, tokenizer)
+
+    V.__init__ = new_init
+    V.load_state_dict = lambda self, state, strict=True: load(self, state, strict=False)
+
+
+def use_copyable_digits() -> None:
+    def make(model, config, tokenizer):
         signs = torch.randint(0, 2, (4, config.lm.d_model), generator=torch.Generator().manual_seed(1234)) * 2 - 1
-        self.digit_sign = nn.Parameter(signs.float())
-        self.digit_ids = torch.tensor([tokenizer.token_id(str(d)) for d in range(10)])
+        model.digit_sign = nn.Parameter(signs.float())
+        model.digit_ids = torch.tensor([tokenizer.token_id(str(d)) for d in range(10)])
+
+    add_parameters(make)
+    shipped = model_module.VideoMa2mba.frame_embeds
 
     def frame_embeds(self, visual, times):
+        tokens = shipped(self, visual, times)  # (..., N, 1 + k, d): the marker first
         lead = visual.shape[:-2]
         times = np.broadcast_to(np.asarray(times, dtype=np.float64), lead).reshape(-1)
-        marker = self.time_embed(model_module.time_features(times).to(visual.device, visual.dtype))
-        t = times.astype(np.int64)
-        minutes, seconds = t // 60, t % 60
-        digits = torch.as_tensor(np.stack([np.minimum(minutes // 10, 9), minutes % 10, seconds // 10, seconds % 10], 1))
+        digits = marker_digits(times).clamp(max=9)  # a digit token per place; minutes' tens stop at 9
         digit_embeds = self.lm.embed(self.digit_ids.to(self.device)[digits])  # (N, 4, d)
-        marker = marker + (digit_embeds * self.digit_sign).sum(1).to(marker.dtype)
-        return torch.cat([marker.view(*lead, 1, -1), visual], dim=-2)
+        copyable = (digit_embeds * self.digit_sign).sum(1).view(*lead, -1).to(tokens.dtype)
+        return torch.cat([tokens[..., :1, :] + copyable[..., None, :], tokens[..., 1:, :]], dim=-2)
 
-    V.__init__, V.frame_embeds = new_init, frame_embeds
-    V.load_state_dict = lambda self, state, strict=True: load(self, state, strict=False)  # digit_sign is new
+    model_module.VideoMa2mba.frame_embeds = frame_embeds
 
 
 def use_fused_marker() -> None:
+    shipped = model_module.VideoMa2mba.frame_embeds
+
     def frame_embeds(self, visual, times):
-        lead = visual.shape[:-2]
-        times = np.broadcast_to(np.asarray(times, dtype=np.float64), lead).reshape(-1)
-        marker = self.time_embed(model_module.time_features(times).to(visual.device, visual.dtype))
-        return visual + marker.view(*lead, 1, -1)
+        tokens = shipped(self, visual, times)
+        return tokens[..., 1:, :] + tokens[..., :1, :]  # the marker added to the frame's visual tokens
 
     model_module.VideoMa2mba.frame_embeds = frame_embeds
     model_module.VideoMa2mba.tokens_per_frame = property(lambda self: self.vision.tokens_per_frame)
@@ -144,28 +160,20 @@ def use_grown_state(new: int = 128) -> None:
 
 
 def use_dense_clock(weight: float = 1.0) -> None:
-    V = model_module.VideoMa2mba
-    init, load = V.__init__, V.load_state_dict
-
-    def new_init(self, config, tokenizer):
-        init(self, config, tokenizer)
-        self.clock_head = nn.Linear(config.lm.d_model, model_module.N_TIME_FEATURES)  # dropped after the probe
-
-    V.__init__ = new_init
-    V.load_state_dict = lambda self, state, strict=True: load(self, state, strict=False)  # clock_head is new
+    add_parameters(lambda model, config, tokenizer: setattr(
+        model, "clock_head", nn.Linear(config.lm.d_model, model_module.N_TIME_FEATURES)))  # dropped after the probe
+    run_moments = train.states_at_moments
     kept = {}
 
     def states_keeping_hidden(model, tokens, moments, state):
         """The library's states_at_moments, keeping the LM's output at every frame token as well."""
-        hidden, done, states = [], 0, []
-        for m in moments:
-            chunk = tokens[:, done:m].flatten(1, 2)
-            if chunk.shape[1]:
-                out, state = model.lm.backbone(chunk, state)
-                hidden.append(out)
-            states.append(state)
-            done = m
-        kept["hidden"] = torch.cat(hidden, 1).unflatten(1, tokens.shape[1:3])  # (B, N, 1 + k, d)
+        outputs = []
+        hook = model.lm.backbone.register_forward_hook(lambda module, args, out: outputs.append(out[0]))
+        try:
+            states = run_moments(model, tokens, moments, state)
+        finally:
+            hook.remove()
+        kept["hidden"] = torch.cat(outputs, 1).unflatten(1, tokens.shape[1:3])  # (B, N, 1 + k, d)
         return states
 
     train.states_at_moments = states_keeping_hidden
@@ -176,18 +184,13 @@ def use_dense_clock(weight: float = 1.0) -> None:
         if stage.task == "frames":
             return loss, correct, kinds, length, n_tokens
         at_frame = kept.pop("hidden")[:, :, -1]  # (B, N, d): the output at each frame's last visual token
-        logits = self.model.clock_head(at_frame.float())
-        t = np.arange(length)
-        digits = [np.minimum(t // 600, 15), (t // 60) % 10, (t % 60) // 10, t % 10]
-        aux, start, right = 0.0, 0, torch.ones(at_frame.shape[0] * length, dtype=torch.bool)
-        for d, width in zip(digits, model_module.TIME_DIGITS):
-            part = logits[..., start:start + width].flatten(0, 1)
-            target = torch.as_tensor(d).repeat(at_frame.shape[0])
-            aux = aux + torch.nn.functional.cross_entropy(part, target)
-            right &= part.argmax(-1) == target
-            start += width
+        logits = self.model.clock_head(at_frame.float()).flatten(0, 1)
+        target = marker_digits(np.arange(length)).repeat(at_frame.shape[0], 1)  # (B·N, 4)
+        parts = logits.split(list(model_module.TIME_DIGITS), dim=-1)
+        aux = sum(torch.nn.functional.cross_entropy(part, target[:, i]) for i, part in enumerate(parts)) / len(parts)
+        right = torch.stack([part.argmax(-1) for part in parts], -1).eq(target).all(-1)
         self.clock_head_accuracy = float(right.float().mean())  # all four digits right, per frame
-        return loss + weight * aux / len(digits), correct, kinds, length, n_tokens
+        return loss + weight * aux, correct, kinds, length, n_tokens
 
     train_step = train.Trainer.train_step
 
