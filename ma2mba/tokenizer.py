@@ -7,10 +7,12 @@ counts and times ("at 1:23") are spelled digit by digit.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 from tokenizers import Tokenizer as _HFTokenizer
-from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 
 EOS = "<|endoftext|>"
 SYSTEM = "<|system|>"
@@ -65,6 +67,36 @@ def build_word_tokenizer(texts) -> Tokenizer:
     digits = [str(d) for d in range(10)]  # every digit, whatever the texts happen to contain
     tok.train_from_iterator([*texts, " ".join(digits)], trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS)))
     return Tokenizer(tok)
+
+
+def with_phrase_tokens(tokenizer: Tokenizer, phrases) -> Tokenizer:
+    """A copy of a word-level tokenizer that also reads and writes each two-word phrase as one token.
+
+    "red star" becomes the single word "redstar" (new ids after the existing ones, which keep
+    theirs), so a model looks up a (colour, shape) kind by one token instead of forming the
+    conjunction of two. The normalizer joins the words (any spacing, any case), the decoder splits
+    them again, so text in and text out read as before.
+    """
+    data = json.loads(tokenizer.hf.to_str())
+    if data["model"]["type"] != "WordLevel":
+        raise ValueError("phrase tokens need a word-level tokenizer")
+    vocab = data["model"]["vocab"]
+    joins = []
+    for phrase in phrases:
+        words = phrase.lower().split()
+        joined = "".join(words)
+        joins.append((words, joined))
+        vocab.setdefault("▁" + joined, len(vocab))  # Metaspace gives every word its leading "▁"
+    hf = _HFTokenizer.from_str(json.dumps(data))
+    hf.normalizer = normalizers.Sequence([
+        normalizers.Lowercase(),
+        *(normalizers.Replace(Regex(r"\b" + r"\s+".join(map(re.escape, words)) + r"\b"), joined) for words, joined in joins),
+    ])
+    hf.decoder = decoders.Sequence([
+        *(decoders.Replace(joined, " ".join(words)) for words, joined in joins),
+        decoders.Metaspace(replacement="▁", prepend_scheme="always"),
+    ])
+    return Tokenizer(hf)
 
 
 class StreamDecoder:

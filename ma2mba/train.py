@@ -39,7 +39,7 @@ from .data.batches import (ASPECTS, Ask, answer_scores, collate, conversations, 
                            render_letterboxed, states_at_moments, visual_tokens)
 from .lm import Mamba2LM
 from .model import VideoMa2mba, packaged_config
-from .tokenizer import build_word_tokenizer
+from .tokenizer import build_word_tokenizer, with_phrase_tokens
 
 TRAIN_SEED_BASE = 1 << 32  # training videos use seeds >= 2^32; evaluation sets use smaller ones
 CAPTION_QUESTION = "Describe the recent events."
@@ -72,6 +72,7 @@ class Stage:
     warmup: int = 50
     question_kinds: tuple | None = None  # qa: the kinds asked, in turns; a kind listed twice comes twice as often
     grow_mlp: int = 0  # > 0: the stage first gives every LM block an MLP of this width, starting as the identity
+    kind_tokens: bool = False  # the stage first gives each (colour, shape) kind one token (join_kind_tokens)
 
 
 RECIPES = {
@@ -114,7 +115,8 @@ RECIPES = {
         Stage("qa", "qa", steps=3, lr=1e-3, lengths=(6, 10), min_steps=1, promote_at=0.0,
               tokens_per_step=64, asks_per_step=16, warmup=1, checkpointing="multi_axis"),
         Stage("qa_mlp", "qa", steps=3, lr=1e-3, lengths=(6, 10), min_steps=1, promote_at=0.0, replay=0.5,
-              tokens_per_step=64, asks_per_step=16, warmup=1, grow_mlp=64, question_kinds=("count", "count", "when")),
+              tokens_per_step=64, asks_per_step=16, warmup=1, grow_mlp=64, kind_tokens=True,
+              question_kinds=("count", "count", "when")),
     ],
 }
 
@@ -142,6 +144,31 @@ def new_packaged_model(seed: int = 0, lm: str = "mamba2") -> VideoMa2mba:
     if lm == "transformer":
         config = dataclasses.replace(config, lm=matched_transformer_config(config.lm))
     return VideoMa2mba(config, build_word_tokenizer(vocabulary_texts()))
+
+
+def has_kind_tokens(model: VideoMa2mba) -> bool:
+    return len(model.tokenizer.encode(shapeworld.kind_name(shapeworld.KINDS[0]))) == 1
+
+
+def join_kind_tokens(model: VideoMa2mba) -> None:
+    """Read and write each of the 28 kinds ("red star") as one token instead of two words.
+
+    Looking a kind up then needs no conjunction of a colour token and a shape token, which is the
+    step the word-level model learns slowest (benchmarks/shapes_errors.py). The new tokens take
+    unused rows of the (padded, tied) embedding, each starting as the mean of its two words, and
+    every existing token keeps its id. A stage with kind_tokens=True calls it; the shipped model does
+    not use it (a stage that did was measured and not shipped: results/kind_tokens/).
+    """
+    phrases = [shapeworld.kind_name(k) for k in shapeworld.KINDS]
+    joined = with_phrase_tokens(model.tokenizer, phrases)
+    if len(joined) > model.config.lm.padded_vocab_size:
+        raise ValueError(f"{len(joined)} tokens do not fit the LM's vocabulary of {model.config.lm.padded_vocab_size}")
+    embedding = model.lm.backbone.embedding.weight
+    with torch.no_grad():
+        for phrase in phrases:
+            (new_id,) = joined.encode(phrase)
+            embedding[new_id] = embedding[model.tokenizer.encode(phrase)].mean(0)
+    model.tokenizer = joined
 
 
 def caption_answer(video: shapeworld.Video, as_of: int) -> str:
@@ -240,6 +267,8 @@ class Trainer:
         lm = self.model.lm
         if stage.grow_mlp and isinstance(lm, Mamba2LM) and lm.config.d_intermediate == 0:  # not grown yet
             lm.add_mlp(stage.grow_mlp)
+        if stage.kind_tokens and not has_kind_tokens(self.model):  # not joined yet
+            join_kind_tokens(self.model)
         self.curriculum = Curriculum(stage)
         self.optimizer = make_optimizer(self._trainable(stage), stage.lr)  # fresh moments for a new task
 

@@ -6,7 +6,8 @@ import torch
 
 from ma2mba import load_model
 from ma2mba.card import package
-from ma2mba.train import RECIPES, Trainer, caption_answer, lr_at
+from ma2mba.train import (RECIPES, Trainer, caption_answer, has_kind_tokens, join_kind_tokens, lr_at,
+                          new_packaged_model)
 from ma2mba.data import shapeworld
 
 
@@ -18,12 +19,13 @@ def test_paused_and_resumed_training_equals_one_run(tmp_path):
     paused = Trainer(tmp_path / "b", recipe="smoke", bf16=False)
     paused.run(progress=False, max_steps=total // 2)
     assert paused.stage_index < len(paused.stages)
-    # Paused again inside the last stage, which grows the LM by MLPs as it begins.
+    # Paused again inside the last stage, which grows the LM by MLPs and joins the kind tokens as it begins.
     paused = Trainer(tmp_path / "b", recipe="smoke", bf16=False)  # a fresh process would do the same
     paused.run(progress=False, max_steps=total - 1 - total // 2)
-    assert paused.stage.grow_mlp and paused.step == paused.stage.steps - 1
+    assert paused.stage.grow_mlp and paused.stage.kind_tokens and paused.step == paused.stage.steps - 1
     resumed = Trainer(tmp_path / "b", recipe="smoke", bf16=False)
     assert resumed.model.lm.config.d_intermediate == resumed.stage.grow_mlp
+    assert has_kind_tokens(resumed.model) and resumed.model.tokenizer.hf.to_str() == paused.model.tokenizer.hf.to_str()
     resumed.run(progress=False)
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
@@ -65,10 +67,11 @@ def test_caption_answers_list_recent_events():
 
 def test_a_finished_run_goes_on_when_its_recipe_gains_a_stage(tmp_path, monkeypatch):
     """How the shipped model was made: a run that had finished its recipe resumes when a stage is
-    appended (here one that grows the LM by MLPs), with the new stage's optimiser and curriculum."""
+    appended (here one that grows the LM by MLPs and joins the kind tokens), with the new stage's
+    optimiser and curriculum."""
     torch.set_num_threads(1)
     full = RECIPES["smoke"]
-    assert full[-1].grow_mlp
+    assert full[-1].grow_mlp and full[-1].kind_tokens
     monkeypatch.setitem(RECIPES, "smoke", full[:-1])
     Trainer(tmp_path, recipe="smoke", bf16=False).run(progress=False)
     finished = load_model(tmp_path / "model")
@@ -76,12 +79,35 @@ def test_a_finished_run_goes_on_when_its_recipe_gains_a_stage(tmp_path, monkeypa
     grown = Trainer(tmp_path, recipe="smoke", bf16=False)
     assert (grown.stage_index, grown.step, grown.curriculum.level) == (len(full) - 1, 0, 0)
     assert grown.model.lm.config.d_intermediate == full[-1].grow_mlp
-    ids = torch.tensor([finished.prompt_ids()])
+    ids = torch.tensor([finished.prompt_ids()])  # no kind in it: the MLPs start as the identity
+    old_vocab = len(finished.tokenizer)  # the joined kinds take rows that no token used before
     with torch.no_grad():
-        torch.testing.assert_close(grown.model.lm(ids).logits, finished.lm(ids).logits, rtol=0, atol=0)
+        torch.testing.assert_close(grown.model.lm(ids).logits[..., :old_vocab], finished.lm(ids).logits[..., :old_vocab],
+                                   rtol=0, atol=0)
     grown.run(progress=False)
     log = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
     assert [r["stage"] for r in log].count(full[-1].name) == full[-1].steps
     asked = {k for r in log if r["stage"] == full[-1].name for k in r["by_kind"]}
     assert asked <= set(full[-1].question_kinds)
-    assert load_model(tmp_path / "model").lm.config.d_intermediate == full[-1].grow_mlp
+    final = load_model(tmp_path / "model")
+    assert final.lm.config.d_intermediate == full[-1].grow_mlp and has_kind_tokens(final)
+
+
+def test_joined_kind_tokens_start_as_their_words_and_read_the_same():
+    model = new_packaged_model(0)
+    words = model.tokenizer
+    before = model.lm.backbone.embedding.weight.detach().clone()
+    join_kind_tokens(model)
+    joined = model.tokenizer
+    assert has_kind_tokens(model) and len(joined) == len(words) + len(shapeworld.KINDS)
+    embedding = model.lm.backbone.embedding.weight
+    for kind in shapeworld.KINDS:
+        name = shapeworld.kind_name(kind)
+        (new_id,) = joined.encode(name)
+        assert new_id >= len(words)
+        torch.testing.assert_close(embedding[new_id], before[words.encode(name)].mean(0))
+    torch.testing.assert_close(embedding[:len(words)], before[:len(words)], rtol=0, atol=0)
+    question = "How many times did a Red  Star appear?"
+    assert len(joined.encode(question)) == len(words.encode("How many times did a red star appear?")) - 1
+    assert joined.decode(joined.encode(question)) == "how many times did a red star appear?"
+    assert model.lm.lm_head.weight.data_ptr() == embedding.data_ptr()  # the answers can say "red star" in one token
