@@ -40,17 +40,18 @@ def main():
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--length", type=int, default=16, help="video seconds")
     parser.add_argument("--videos", type=int, default=32, help="videos per step")
+    parser.add_argument("--seed", type=int, default=0, help="the random start (the videos and questions stay the same)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = train.new_packaged_model(0)
+    model = train.new_packaged_model(args.seed)
     model.lm.add_mlp(384)
     if args.tokens != "words":
         train.join_kind_tokens(model)
     if args.tokens == "kinds_random":
         rows = [model.tokenizer.encode(shapeworld.kind_name(k))[0] for k in shapeworld.KINDS]
-        own = torch.Generator().manual_seed(1)  # its own generator: every other draw stays as in the runs above
+        own = torch.Generator().manual_seed(1 + args.seed)  # its own generator: every other draw stays as in the runs above
         with torch.no_grad():
             model.lm.backbone.embedding.weight[rows] = 0.02 * torch.randn(len(rows), model.config.lm.d_model, generator=own)
     kind_vectors = torch.nn.Embedding(len(shapeworld.KINDS) + 1, model.config.lm.d_model)  # the last: "a frame"
