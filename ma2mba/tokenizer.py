@@ -20,6 +20,7 @@ USER = "<|user|>"
 ASSISTANT = "<|assistant|>"
 UNK = "<|unk|>"
 SPECIAL_TOKENS = (EOS, UNK, SYSTEM, USER, ASSISTANT)
+WORD_START = "▁"  # Metaspace's mark of a word's leading space: every word-level token starts with it
 
 
 class QuestionTooLongError(ValueError):
@@ -59,11 +60,11 @@ def build_word_tokenizer(texts) -> Tokenizer:
     tok = _HFTokenizer(models.WordLevel(unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"),  # a word keeps its leading space
+        pre_tokenizers.Metaspace(replacement=WORD_START, prepend_scheme="always"),  # a word keeps its leading space
         pre_tokenizers.Punctuation(),
         pre_tokenizers.Digits(individual_digits=True),
     ])
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement=WORD_START, prepend_scheme="always")
     digits = [str(d) for d in range(10)]  # every digit, whatever the texts happen to contain
     tok.train_from_iterator([*texts, " ".join(digits)], trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS)))
     return Tokenizer(tok)
@@ -86,16 +87,14 @@ def with_phrase_tokens(tokenizer: Tokenizer, phrases) -> Tokenizer:
         words = phrase.lower().split()
         joined = "".join(words)
         joins.append((words, joined))
-        vocab.setdefault("▁" + joined, len(vocab))  # Metaspace gives every word its leading "▁"
+        vocab.setdefault(WORD_START + joined, len(vocab))
     hf = _HFTokenizer.from_str(json.dumps(data))
+    # Join after the tokenizer's own normalizing (lower case), split before its own decoding.
     hf.normalizer = normalizers.Sequence([
-        normalizers.Lowercase(),
+        tokenizer.hf.normalizer,
         *(normalizers.Replace(Regex(r"\b" + r"\s+".join(map(re.escape, words)) + r"\b"), joined) for words, joined in joins),
     ])
-    hf.decoder = decoders.Sequence([
-        *(decoders.Replace(joined, " ".join(words)) for words, joined in joins),
-        decoders.Metaspace(replacement="▁", prepend_scheme="always"),
-    ])
+    hf.decoder = decoders.Sequence([*(decoders.Replace(joined, " ".join(words)) for words, joined in joins), tokenizer.hf.decoder])
     return Tokenizer(hf)
 
 
