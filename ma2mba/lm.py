@@ -158,6 +158,44 @@ class Mamba2LM(nn.Module):
             nn.init.zeros_(layer.mlp.fc2.weight)
         self.config.d_intermediate = d_intermediate
 
+    def insert_layers(self, positions) -> None:
+        """Insert fresh blocks so that they sit at `positions` of the grown stack, each starting as the identity.
+
+        A new block's output projections (the mixer's out_proj and its MLP's fc2) start at zero, so the
+        model computes exactly what it did before. Everything else in it has a fresh start, mamba_ssm's
+        initialisation, so it can learn what the trained blocks, settled in their ways, learn slowly.
+        """
+        layers = list(self.backbone.layers)
+        final = len(layers) + len(positions)
+        if len(set(positions)) != len(positions) or not all(0 <= p < final for p in positions):
+            raise ValueError(f"positions {positions} must be distinct indices into the grown stack of {final} blocks")
+        p = self.lm_head.weight
+        for position in sorted(positions):
+            block = Block(self.config, position).to(p.device, p.dtype)
+            nn.init.zeros_(block.mixer.out_proj.weight)
+            if block.mlp is not None:
+                nn.init.zeros_(block.mlp.fc2.weight)
+            layers.insert(position, block)
+        for i, block in enumerate(layers):
+            block.mixer.layer_idx = i
+        self.backbone.layers = nn.ModuleList(layers)
+        self.config.n_layer = final
+
+    def grow_state(self, d_state: int) -> None:
+        """Widen every mixer's SSM state to `d_state`, computing exactly what it did before.
+
+        The new state dimensions are written through fresh random B rows and read through C rows that
+        start at zero (with a zero conv bias, so C's new entries are silu(0) = 0): the model's output is
+        unchanged, and C's gradient is not, so training starts reading the new memory at once.
+        """
+        old = self.config.ssm
+        if d_state <= old.d_state:
+            raise ValueError(f"d_state={d_state} does not grow the state (it is {old.d_state})")
+        self.config.ssm_cfg = {**self.config.ssm_cfg, "d_state": d_state}
+        new = self.config.ssm
+        for layer in self.backbone.layers:
+            layer.mixer.widen_state(new)
+
     # --- running ---
     def empty_state(self, batch: int = 1, dtype=None, device=None) -> State:
         p = self.lm_head.weight

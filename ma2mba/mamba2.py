@@ -10,6 +10,7 @@ A layer's recurrent state is a pair:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -232,6 +233,44 @@ class Mamba2(nn.Module):
         self.dt_bias._no_reinit = True
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
+
+    @torch.no_grad()
+    def widen_state(self, cfg: SSMConfig) -> None:
+        """Take `cfg`, whose d_state is larger, computing exactly what the mixer did (Mamba2LM.grow_state).
+
+        in_proj's rows and the conv's channels hold B, then C, as (ngroups, d_state) blocks; each group
+        gains the new rows at its end. B's new rows are random. C's start at zero, with a zero conv bias,
+        so C's new entries are silu(0) = 0 and nothing reads the new state until training moves them.
+        """
+        old = self.cfg
+        if cfg.d_state <= old.d_state or dataclasses.replace(old, d_state=cfg.d_state) != cfg:
+            raise ValueError("widen_state only widens d_state")
+        g, n, extra = old.ngroups, old.d_state, cfg.d_state - old.d_state
+
+        def widened(rows, start, new_b, new_c):
+            """rows holding B and C (g * n rows each) from `start` -> each group of both widened by `extra` rows."""
+            def grow(block, new):
+                return torch.cat([block.unflatten(0, (g, n)), new.unflatten(0, (g, extra))], 1).flatten(0, 1)
+            b, c = rows[start:start + g * n], rows[start + g * n:start + 2 * g * n]
+            return torch.cat([rows[:start], grow(b, new_b), grow(c, new_c), rows[start + 2 * g * n:]])
+
+        in_proj = nn.Linear(old.d_model, cfg.d_in_proj, bias=self.in_proj.bias is not None).to(self.in_proj.weight)
+        conv = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, cfg.d_conv, groups=cfg.conv_dim, padding=cfg.d_conv - 1,
+                         bias=self.conv1d.bias is not None).to(self.conv1d.weight)
+        b_in, b_conv = old.d_in_proj - old.nheads - 2 * g * n, old.d_ssm  # where B starts: after [z, x] / [x]
+        zeros = torch.zeros(g * extra, *in_proj.weight.shape[1:]).to(in_proj.weight)
+        # The new modules' own random initialisation supplies the new B rows, and the new C taps (random,
+        # so that C's gradient reaches in_proj's zero rows).
+        in_proj.weight.copy_(widened(self.in_proj.weight, b_in, in_proj.weight[:g * extra].clone(), zeros))
+        taps = conv.weight[:2 * g * extra].clone()
+        conv.weight.copy_(widened(self.conv1d.weight, b_conv, taps[:g * extra], taps[g * extra:]))
+        if self.in_proj.bias is not None:
+            zero_rows = torch.zeros(g * extra).to(in_proj.bias)
+            in_proj.bias.copy_(widened(self.in_proj.bias, b_in, zero_rows, zero_rows))
+        if self.conv1d.bias is not None:
+            bias = conv.bias[:g * extra].clone()
+            conv.bias.copy_(widened(self.conv1d.bias, b_conv, bias, torch.zeros_like(bias)))
+        self.in_proj, self.conv1d, self.cfg = in_proj, conv, cfg
 
     def empty_state(self, batch: int, dtype=torch.float32, device=None):
         c = self.cfg

@@ -73,6 +73,9 @@ class Stage:
     question_kinds: tuple | None = None  # qa: the kinds asked, in turns; a kind listed twice comes twice as often
     grow_mlp: int = 0  # > 0: the stage first gives every LM block an MLP of this width, starting as the identity
     kind_tokens: bool = False  # the stage first gives each (colour, shape) kind one token (join_kind_tokens)
+    grow_layers: tuple = ()  # the stage first inserts fresh identity-started LM blocks at these indices
+    grow_state: int = 0  # > 0: the stage first widens every mixer's SSM state to this d_state
+    timescale_lr: float = 1.0  # learning-rate multiplier for A_log and dt_bias, the parameters of the memory's decay
 
 
 RECIPES = {
@@ -116,7 +119,7 @@ RECIPES = {
               tokens_per_step=64, asks_per_step=16, warmup=1, checkpointing="multi_axis"),
         Stage("qa_mlp", "qa", steps=3, lr=1e-3, lengths=(6, 10), min_steps=1, promote_at=0.0, replay=0.5,
               tokens_per_step=64, asks_per_step=16, warmup=1, grow_mlp=64, kind_tokens=True,
-              question_kinds=("count", "count", "when")),
+              grow_layers=(1,), grow_state=48, timescale_lr=10.0, question_kinds=("count", "count", "when")),
     ],
 }
 
@@ -223,12 +226,24 @@ def no_decay(name: str, p: torch.nn.Parameter) -> bool:
     return p.dim() < 2 or getattr(p, "_no_weight_decay", False) or "embedding" in name or "time_embed" in name
 
 
-def make_optimizer(named_params, lr: float) -> torch.optim.Optimizer:
-    decay, other = [], []
+def is_timescale(name: str) -> bool:
+    """A Mamba-2 head's decay per token is exp(-softplus(dt_bias + …) * exp(A_log))."""
+    return name.endswith(("A_log", "dt_bias"))
+
+
+def make_optimizer(named_params, lr: float, timescale_lr: float = 1.0) -> torch.optim.Optimizer:
+    """AdamW; each group's "lr_scale" multiplies the schedule's learning rate (train_step applies it)."""
+    decay, other, timescale = [], [], []
     for name, p in named_params:
-        (other if no_decay(name, p) else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.95))
+        if timescale_lr != 1.0 and is_timescale(name):
+            timescale.append(p)
+        else:
+            (other if no_decay(name, p) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": 0.1, "lr_scale": 1.0},
+              {"params": other, "weight_decay": 0.0, "lr_scale": 1.0}]
+    if timescale:
+        groups.append({"params": timescale, "weight_decay": 0.0, "lr_scale": timescale_lr})
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
 
 
 class Trainer:
@@ -248,6 +263,7 @@ class Trainer:
         self.seconds = 0.0  # training wall time, summed over resumed runs
         self.videos_made = 0
         self._stop = False
+        self.grown = set()  # stages whose growth (grow_layers) the model has had
         self._begin_stage()
         if (self.out / "checkpoint.pt").exists():
             self._load(self.out / "checkpoint.pt")
@@ -269,8 +285,13 @@ class Trainer:
             lm.add_mlp(stage.grow_mlp)
         if stage.kind_tokens and not has_kind_tokens(self.model):  # not joined yet
             join_kind_tokens(self.model)
+        if stage.grow_layers and isinstance(lm, Mamba2LM) and stage.name not in self.grown:
+            lm.insert_layers(stage.grow_layers)
+        if stage.grow_state and lm.config.ssm.d_state < stage.grow_state:
+            lm.grow_state(stage.grow_state)
+        self.grown.add(stage.name)
         self.curriculum = Curriculum(stage)
-        self.optimizer = make_optimizer(self._trainable(stage), stage.lr)  # fresh moments for a new task
+        self.optimizer = make_optimizer(self._trainable(stage), stage.lr, stage.timescale_lr)  # fresh moments for a new task
 
     # --- batches ---
     def _video(self, duration: int) -> shapeworld.Video:
@@ -324,7 +345,7 @@ class Trainer:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(stage, self.step)
+            group["lr"] = lr_at(stage, self.step) * group.get("lr_scale", 1.0)
         self.optimizer.step()
         return float(grad_norm)
 
@@ -441,6 +462,7 @@ class Trainer:
             "rng": json.dumps(self.rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
             "seconds": self.seconds, "videos_made": self.videos_made, "recipe": self.recipe_name,
             "tokenizer": self.model.tokenizer.hf.to_str(), "config": json.dumps(self.model.config.to_dict()),
+            "grown": sorted(self.grown),
         }, tmp)
         os.replace(tmp, path)  # never leave a half-written checkpoint
 
@@ -459,6 +481,7 @@ class Trainer:
         self.kinds_head.load_state_dict(ck["kinds_head"])
         self.stage_index, self.step = ck["stage_index"], ck["step"]
         self.seconds, self.videos_made = ck["seconds"], ck["videos_made"]
+        self.grown = set(ck.get("grown", []))  # absent: written before grow_layers, so no layers were grown
         self._begin_stage()
         if self.step > 0:  # mid-stage; at step 0 the fresh optimizer and curriculum are the right ones (a
             # checkpoint written when the recipe had ended holds its last stage's, and the recipe may have grown)

@@ -251,3 +251,55 @@ def test_added_mlps_start_as_the_identity_then_learn(tmp_path):
     lm.save_pretrained(tmp_path)
     loaded = Mamba2LM.from_pretrained(tmp_path)
     torch.testing.assert_close(loaded(ids).logits, lm(ids).logits, rtol=0, atol=0)
+
+
+def test_inserted_layers_start_as_the_identity_then_learn(tmp_path):
+    lm = tiny_lm(dtype=torch.float32, n_layer=3)
+    lm.add_mlp(40)
+    ids = torch.randint(0, VOCAB, (2, 20))
+    before = lm(ids).logits
+    old = list(lm.backbone.layers)
+    lm.insert_layers([0, 3])
+    assert lm.config.n_layer == 5 and [lm.backbone.layers[i] for i in (1, 2, 4)] == old
+    torch.testing.assert_close(lm(ids).logits, before, rtol=0, atol=0)  # zero output projections: same function
+    with pytest.raises(ValueError, match="distinct"):
+        lm.insert_layers([1, 1])
+    torch.nn.functional.cross_entropy(lm(ids).logits.flatten(0, 1), ids.flatten()).backward()
+    for i in (0, 3):  # the new blocks' outputs get a gradient at once; their insides once those are non-zero
+        assert lm.backbone.layers[i].mixer.out_proj.weight.grad.abs().sum() > 0
+        assert lm.backbone.layers[i].mlp.fc2.weight.grad.abs().sum() > 0
+    lm.save_pretrained(tmp_path)
+    loaded = Mamba2LM.from_pretrained(tmp_path)
+    assert loaded.config.n_layer == 5
+    torch.testing.assert_close(loaded(ids).logits, lm(ids).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_a_widened_state_computes_the_same_and_learns_to_read_its_new_dimensions(tmp_path, name):
+    lm = tiny_lm(name, dtype=torch.float64)
+    ids = torch.randint(0, VOCAB, (2, 37))
+    before = lm(ids)
+    lm.grow_state(20)
+    assert lm.config.ssm.d_state == 20 and all(layer.mixer.cfg.d_state == 20 for layer in lm.backbone.layers)
+    after = lm(ids)
+    torch.testing.assert_close(after.logits, before.logits, rtol=1e-12, atol=1e-12)
+    for (_, old), (_, new) in zip(before.state, after.state):  # the old dimensions hold what they held
+        torch.testing.assert_close(new[..., :8], old, rtol=1e-12, atol=1e-12)
+        assert new[..., 8:].abs().sum() > 0  # and the new ones are written from the start
+    # One token at a time agrees with the whole sequence on the widened model.
+    state, steps = lm.empty_state(2), []
+    for t in range(ids.shape[1]):
+        out = lm.step(ids[:, t], state)
+        state, _ = out.state, steps.append(out.logits)
+    torch.testing.assert_close(torch.stack(steps, 1), after.logits, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="does not grow"):
+        lm.grow_state(20)
+    after.logits.pow(2).mean().backward()
+    mixer = lm.backbone.layers[0].mixer
+    g = mixer.cfg.ngroups
+    c_rows = mixer.in_proj.weight.grad[-mixer.cfg.nheads - g * 20:-mixer.cfg.nheads].unflatten(0, (g, 20))[:, 8:]
+    assert (c_rows.abs().sum((1, 2)) > 0).all()  # every group's C reads the new dimensions as training starts
+    lm.save_pretrained(tmp_path)
+    loaded = Mamba2LM.from_pretrained(tmp_path).to(torch.float64)
+    assert loaded.config.ssm.d_state == 20
+    torch.testing.assert_close(loaded(ids).logits, after.logits)

@@ -6,9 +6,10 @@ import torch
 
 from ma2mba import load_model
 from ma2mba.card import package
-from ma2mba.train import (RECIPES, Trainer, caption_answer, has_kind_tokens, join_kind_tokens, lr_at,
+from ma2mba.train import (RECIPES, Trainer, caption_answer, has_kind_tokens, join_kind_tokens, lr_at, make_optimizer,
                           new_packaged_model)
 from ma2mba.data import shapeworld
+from ma2mba.model import packaged_config
 
 
 def test_paused_and_resumed_training_equals_one_run(tmp_path):
@@ -19,14 +20,19 @@ def test_paused_and_resumed_training_equals_one_run(tmp_path):
     paused = Trainer(tmp_path / "b", recipe="smoke", bf16=False)
     paused.run(progress=False, max_steps=total // 2)
     assert paused.stage_index < len(paused.stages)
-    # Paused again inside the last stage, which grows the LM by MLPs and joins the kind tokens as it begins.
+    # Paused again inside the last stage, which grows the LM (MLPs, a block, a wider state) and joins the
+    # kind tokens as it begins.
     paused = Trainer(tmp_path / "b", recipe="smoke", bf16=False)  # a fresh process would do the same
     paused.run(progress=False, max_steps=total - 1 - total // 2)
     assert paused.stage.grow_mlp and paused.stage.kind_tokens and paused.step == paused.stage.steps - 1
     resumed = Trainer(tmp_path / "b", recipe="smoke", bf16=False)
     assert resumed.model.lm.config.d_intermediate == resumed.stage.grow_mlp
+    assert resumed.model.lm.config.n_layer == packaged_config().lm.n_layer + len(resumed.stage.grow_layers)
+    assert resumed.model.lm.config.ssm.d_state == resumed.stage.grow_state
     assert has_kind_tokens(resumed.model) and resumed.model.tokenizer.hf.to_str() == paused.model.tokenizer.hf.to_str()
     resumed.run(progress=False)
+    decay_group, _, timescale_group = resumed.optimizer.param_groups  # the memory's decay learns faster
+    assert timescale_group["lr"] == resumed.stage.timescale_lr * decay_group["lr"] > 0
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     logs = [[json.loads(line) for line in open(tmp_path / d / "log.jsonl")] for d in "ab"]
@@ -67,8 +73,8 @@ def test_caption_answers_list_recent_events():
 
 def test_a_finished_run_goes_on_when_its_recipe_gains_a_stage(tmp_path, monkeypatch):
     """How the shipped model was made: a run that had finished its recipe resumes when a stage is
-    appended (here one that grows the LM by MLPs and joins the kind tokens), with the new stage's
-    optimiser and curriculum."""
+    appended (here one that grows the LM by MLPs, a block and a wider state, and joins the kind tokens),
+    with the new stage's optimiser and curriculum."""
     torch.set_num_threads(1)
     full = RECIPES["smoke"]
     assert full[-1].grow_mlp and full[-1].kind_tokens
@@ -79,7 +85,8 @@ def test_a_finished_run_goes_on_when_its_recipe_gains_a_stage(tmp_path, monkeypa
     grown = Trainer(tmp_path, recipe="smoke", bf16=False)
     assert (grown.stage_index, grown.step, grown.curriculum.level) == (len(full) - 1, 0, 0)
     assert grown.model.lm.config.d_intermediate == full[-1].grow_mlp
-    ids = torch.tensor([finished.prompt_ids()])  # no kind in it: the MLPs start as the identity
+    assert grown.model.lm.config.n_layer == finished.lm.config.n_layer + len(full[-1].grow_layers)
+    ids = torch.tensor([finished.prompt_ids()])  # no kind in it: the grown parts start as the identity
     old_vocab = len(finished.tokenizer)  # the joined kinds take rows that no token used before
     with torch.no_grad():
         torch.testing.assert_close(grown.model.lm(ids).logits[..., :old_vocab], finished.lm(ids).logits[..., :old_vocab],
@@ -91,6 +98,7 @@ def test_a_finished_run_goes_on_when_its_recipe_gains_a_stage(tmp_path, monkeypa
     assert asked <= set(full[-1].question_kinds)
     final = load_model(tmp_path / "model")
     assert final.lm.config.d_intermediate == full[-1].grow_mlp and has_kind_tokens(final)
+    assert (final.lm.config.n_layer, final.lm.config.ssm.d_state) == (grown.model.lm.config.n_layer, full[-1].grow_state)
 
 
 def test_joined_kind_tokens_start_as_their_words_and_read_the_same():
@@ -111,3 +119,15 @@ def test_joined_kind_tokens_start_as_their_words_and_read_the_same():
     assert len(joined.encode(question)) == len(words.encode("How many times did a red star appear?")) - 1
     assert joined.decode(joined.encode(question)) == "how many times did a red star appear?"
     assert model.lm.lm_head.weight.data_ptr() == embedding.data_ptr()  # the answers can say "red star" in one token
+
+
+def test_the_memory_decay_parameters_can_learn_at_their_own_rate():
+    model = new_packaged_model(0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert len(make_optimizer(model.named_parameters(), 1e-3).param_groups) == 2  # by default, no group of their own
+    groups = make_optimizer(model.named_parameters(), 1e-3, timescale_lr=30.0).param_groups
+    assert [g["lr_scale"] for g in groups] == [1.0, 1.0, 30.0]
+    own = sorted(names[id(p)] for p in groups[2]["params"])
+    n_layer = model.config.lm.n_layer
+    assert own == sorted(f"lm.backbone.layers.{i}.mixer.{p}" for i in range(n_layer) for p in ("A_log", "dt_bias"))
+    assert all(names[id(p)] not in own for g in groups[:2] for p in g["params"])

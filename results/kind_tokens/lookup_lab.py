@@ -12,6 +12,8 @@ isolates the language model from the vision tower, so each run takes minutes, no
 --tokens  words: the shipped tokenizer, a kind is two words; kinds: join_kind_tokens, one token a kind,
           starting as the mean of its two words; kinds_random: the same tokens, started independently at
           random (N(0, 0.02²), like every other row) so that "red star" and "red circle" share nothing
+--init    default (mamba_ssm's) or mimetic (mimetic_init: C starts as B, little decay)
+--lr      peak learning rate (default 1e-3)
 Prints, every 10 steps: steps, seconds, loss, and the training exact match of the last 10 steps.
 """
 
@@ -33,6 +35,25 @@ from ma2mba.data.batches import (Ask, answer_scores, collate, conversations, gat
 NOW_QUESTION = "When was the last frame?"
 
 
+@torch.no_grad()
+def mimetic_init(lm):
+    """Mimetic initialisation (Trockman et al., 2024): C reads what B writes, and the state barely decays.
+
+    C's in_proj rows and conv taps copy B's, the current token's tap is raised by 1 in both, and A is
+    drawn from [0.01, 0.1] instead of [1, 16]. The mixers have no inner MLP branch here, so in_proj's
+    rows are [z, x, B, C, dt] and the conv's channels [x, B, C].
+    """
+    for layer in lm.backbone.layers:
+        mixer, c = layer.mixer, layer.mixer.cfg
+        n = c.ngroups * c.d_state
+        b_row, b_channel = 2 * c.d_inner, c.d_ssm  # where B starts in in_proj's rows and in the conv's channels
+        mixer.in_proj.weight[b_row + n:b_row + 2 * n] = mixer.in_proj.weight[b_row:b_row + n]
+        taps = mixer.conv1d.weight
+        taps[b_channel + n:b_channel + 2 * n] = taps[b_channel:b_channel + n]
+        taps[b_channel:b_channel + 2 * n, 0, -1] += 1.0
+        mixer.A_log.copy_(torch.log(torch.empty(c.nheads).uniform_(0.01, 0.1)))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ask", choices=("exists", "when", "now"), default="exists")
@@ -42,6 +63,8 @@ def main():
     parser.add_argument("--videos", type=int, default=32, help="videos per step")
     parser.add_argument("--seed", type=int, default=0, help="the random start (the videos and questions stay the same)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--init", choices=("default", "mimetic"), default="default")
+    parser.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -54,11 +77,13 @@ def main():
         own = torch.Generator().manual_seed(1 + args.seed)  # its own generator: every other draw stays as in the runs above
         with torch.no_grad():
             model.lm.backbone.embedding.weight[rows] = 0.02 * torch.randn(len(rows), model.config.lm.d_model, generator=own)
+    if args.init == "mimetic":
+        mimetic_init(model.lm)
     kind_vectors = torch.nn.Embedding(len(shapeworld.KINDS) + 1, model.config.lm.d_model)  # the last: "a frame"
     params = [*model.lm.named_parameters(), *model.time_embed.named_parameters("time_embed"),
               *kind_vectors.named_parameters("kinds")]
-    optimizer = train.make_optimizer(params, 1e-3)
-    schedule = train.Stage("lab", "qa", steps=args.steps, lr=1e-3, warmup=20)
+    optimizer = train.make_optimizer(params, args.lr)
+    schedule = train.Stage("lab", "qa", steps=args.steps, lr=args.lr, warmup=20)
     rng = np.random.default_rng(0)
     length, batch, made, history, started = args.length, args.videos, 0, [], time.time()
     for step in range(args.steps):
