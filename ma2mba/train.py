@@ -287,7 +287,7 @@ class Trainer:
             join_kind_tokens(self.model)
         if stage.grow_layers and isinstance(lm, Mamba2LM) and stage.name not in self.grown:
             lm.insert_layers(stage.grow_layers)
-        if stage.grow_state and lm.config.ssm.d_state < stage.grow_state:
+        if stage.grow_state and isinstance(lm, Mamba2LM) and lm.config.ssm.d_state < stage.grow_state:
             lm.grow_state(stage.grow_state)
         self.grown.add(stage.name)
         self.curriculum = Curriculum(stage)
