@@ -1,8 +1,9 @@
 """How much of what a Mamba-2 head wrote at a video's start is left at its end.
 
 A head's state decays by exp(-dt_t * A) at every token, dt_t = softplus(dt_bias + W x_t) depending on
-the token. This measures the product over a held-out-style 2-minute video's 240 tokens (mean dt per
-token, four training-range videos), per layer and head: 1.0 keeps everything, 0.0 forgets it.
+the token. This measures the product over a 2-minute video's 240 tokens (dt averaged per token over
+four videos whose seeds neither training nor evaluation uses), per layer and head: 1.0 keeps
+everything, 0.0 forgets it.
 
     python results/continued_training/head_memory.py [--model assets/ma2mba-shapes]
 """
