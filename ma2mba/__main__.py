@@ -58,7 +58,7 @@ def train(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    trainer = Trainer(args.out, recipe=args.recipe, seed=args.seed, bf16=not args.fp32, lm=args.lm)
+    trainer = Trainer(args.out, recipe=args.recipe, seed=args.seed, bf16=not args.fp32, lm=args.lm, device=args.device)
     trainer.run(max_minutes=args.minutes, checkpoint_every=args.checkpoint_every)
     done = trainer.stage_index >= len(trainer.stages)
     print(f"{'finished' if done else 'paused'} after {trainer.seconds / 60:.1f} min of training; "
@@ -104,6 +104,7 @@ def main(argv=None) -> int:
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     p.add_argument("--lm", default="mamba2", choices=("mamba2", "transformer"),
                    help="transformer: the baseline of ma2mba/baselines.py, same size (the checkpoint remembers it)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (a checkpoint resumes on either)")
     p.set_defaults(fn=train)
 
     p = sub.add_parser("eval", help="accuracy on held-out ShapeWorld videos, with baselines")
@@ -113,6 +114,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/eval.json")
     p.add_argument("--baselines", action="store_true", help="also run the 16-frame and majority baselines")
     p.add_argument("--mp4", action="store_true", help="also run the sets as H.264 uploads through video.py")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(fn=evaluate)
 
     p = sub.add_parser("package", help="a finished training run + its evaluation -> the model folder with its card")

@@ -109,13 +109,13 @@ def answer_batch(model: VideoMa2mba, state: State, questions: list[str], max_new
     longest = max(map(len, prompts))
     logits = None
     for i in range(longest):
-        ids = torch.tensor([p[i] if i < len(p) else tok.eos_id for p in prompts])
+        ids = torch.tensor([p[i] if i < len(p) else tok.eos_id for p in prompts], device=model.device)
         out = model.lm.step(ids, state)
-        active = torch.tensor([i < len(p) for p in prompts])
+        active = torch.tensor([i < len(p) for p in prompts], device=model.device)
         state = out.state.where(active, state)
         logits = out.logits if logits is None else torch.where(active[:, None], out.logits, logits)
     answers = [[] for _ in prompts]
-    finished = torch.zeros(len(prompts), dtype=torch.bool)
+    finished = [False] * len(prompts)
     for _ in range(max_new_tokens):
         next_ids = logits[:, :vocab].argmax(-1)
         for i, t in enumerate(next_ids.tolist()):
@@ -124,7 +124,7 @@ def answer_batch(model: VideoMa2mba, state: State, questions: list[str], max_new
                     finished[i] = True
                 else:
                     answers[i].append(t)
-        if finished.all():
+        if all(finished):
             break
         out = model.lm.step(next_ids, state)
         state, logits = out.state, out.logits
@@ -140,7 +140,7 @@ def evaluate_videos(model: VideoMa2mba, videos, frames_of, frame_times_of=None, 
         frames = np.stack([frames_of(v) for v in group])
         state = watch(model, frames, times)
         asks = [(j, qa) for j, v in enumerate(group) for qa in heldout_questions(v)]
-        index = torch.tensor([j for j, _ in asks])
+        index = torch.tensor([j for j, _ in asks], device=model.device)
         predicted = answer_batch(model, state.map(lambda t: t.index_select(0, index)), [qa.question for _, qa in asks])
         results += [Result(qa.kind_of_question, qa.question, qa.answer, p, is_correct(qa.kind_of_question, qa.answer, p))
                     for (_, qa), p in zip(asks, predicted)]
@@ -210,7 +210,7 @@ def format_table(report: dict) -> str:
 def main(args) -> int:
     from . import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, device=args.device)
     minutes = [float(m) if "." in m else int(m) for m in args.minutes.split(",")]
     report = run(model, minutes, videos=args.videos, baselines=args.baselines, mp4=args.mp4)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

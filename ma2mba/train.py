@@ -248,16 +248,17 @@ def make_optimizer(named_params, lr: float, timescale_lr: float = 1.0) -> torch.
 
 class Trainer:
     def __init__(self, out_dir, recipe: str = "shapes", seed: int = 0, bf16: bool = True, model=None,
-                 lm: str = "mamba2"):
+                 lm: str = "mamba2", device="cpu"):
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.recipe_name = recipe
         self.stages = RECIPES[recipe]
         self.seed = seed
         self.bf16 = bf16
-        self.model = model if model is not None else new_packaged_model(seed, lm)
+        self.device = torch.device(device)
+        self.model = (model if model is not None else new_packaged_model(seed, lm)).to(self.device)
         # Stage 0's temporary classifier: which of the 28 kinds a frame shows (not part of the model).
-        self.kinds_head = torch.nn.Linear(self.model.vision.out_dim, len(shapeworld.KINDS))
+        self.kinds_head = torch.nn.Linear(self.model.vision.out_dim, len(shapeworld.KINDS)).to(self.device)
         self.stage_index, self.step = 0, 0
         self.rng = np.random.default_rng(seed)
         self.seconds = 0.0  # training wall time, summed over resumed runs
@@ -349,12 +350,15 @@ class Trainer:
         self.optimizer.step()
         return float(grad_norm)
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
     def _kinds_step(self, stage: Stage):
         frames, _, _, _, kinds = self._frames_batch(stage)
-        target = torch.zeros(len(kinds), len(shapeworld.KINDS))
+        target = torch.zeros(len(kinds), len(shapeworld.KINDS), device=self.device)
         for i, ks in enumerate(kinds):
             target[i, ks] = 1.0
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+        with self._autocast():
             feats = self.model.vision(pixels(frames[:, 0], self.model.device)).mean(1)  # (B, C)
             logits = self.kinds_head(feats).float()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
@@ -370,7 +374,7 @@ class Trainer:
             length = self.curriculum.length(self.rng)
             frames, times, moments, asks = self._video_batch(stage, length)
         model.lm.set_checkpointing(stage.checkpointing if length >= stage.checkpointing_from else "none")
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+        with self._autocast():
             visual = visual_tokens(model, frames, train_vision=stage.train_vision)  # (B, N, k, d)
             tokens = model.frame_embeds(visual, times)  # (B, N, 1 + k, d)
             states = states_at_moments(model, tokens, moments, prompt_state(model, tokens.shape[0]))
@@ -478,6 +482,7 @@ class Trainer:
         config = VideoConfig.from_dict(json.loads(ck["config"]))
         self.model = VideoMa2mba(config, Tokenizer(HFTokenizer.from_str(ck["tokenizer"])))
         self.model.load_state_dict(ck["model"])
+        self.model.to(self.device)
         self.kinds_head.load_state_dict(ck["kinds_head"])
         self.stage_index, self.step = ck["stage_index"], ck["step"]
         self.seconds, self.videos_made = ck["seconds"], ck["videos_made"]

@@ -63,3 +63,20 @@ def test_lm_on_gpu_matches_cpu():
     assert rel_err(got.logits.cpu(), want.logits) <= 1e-3
     stepped = lm_gpu.step(ids[:, 0].cuda(), lm_gpu.empty_state(2))
     assert rel_err(stepped.logits.cpu(), want.logits[:, 0]) <= 1e-3
+
+
+def test_training_runs_on_the_gpu_and_resumes_on_the_cpu(tmp_path):
+    from ma2mba.evaluate import answer_batch, watch
+    from ma2mba.train import RECIPES, Trainer
+
+    total = sum(s.steps for s in RECIPES["smoke"])
+    gpu = Trainer(tmp_path, recipe="smoke", device="cuda")
+    gpu.run(progress=False, max_steps=total - 1)
+    assert gpu.model.device.type == "cuda"
+    cpu = Trainer(tmp_path, recipe="smoke", bf16=False)  # the checkpoint written on the GPU
+    assert cpu.model.device.type == "cpu" and cpu.step == gpu.step
+    cpu.run(progress=False)
+    model = cpu.model.cuda().eval()
+    frames = torch.zeros(2, 3, model.vision.cfg.image_size, model.vision.cfg.image_size, 3, dtype=torch.uint8).numpy()
+    answers = answer_batch(model, watch(model, frames, range(3)), ["Did a red star appear?"] * 2)
+    assert len(answers) == 2 and answers[0] == answers[1]
