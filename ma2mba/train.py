@@ -365,6 +365,10 @@ class Trainer:
         correct = ((logits > 0) == target.bool()).all(1).tolist()
         return loss, correct, ["kinds"] * len(kinds), 1, len(kinds)
 
+    def _visual(self, frames, stage: Stage) -> torch.Tensor:
+        """What _render made -> visual tokens (B, N, k, d); a subclass may feed the LM something else."""
+        return visual_tokens(self.model, frames, train_vision=stage.train_vision)
+
     def _answer_step(self, stage: Stage):
         model = self.model
         if stage.task == "frames":
@@ -375,8 +379,7 @@ class Trainer:
             frames, times, moments, asks = self._video_batch(stage, length)
         model.lm.set_checkpointing(stage.checkpointing if length >= stage.checkpointing_from else "none")
         with self._autocast():
-            visual = visual_tokens(model, frames, train_vision=stage.train_vision)  # (B, N, k, d)
-            tokens = model.frame_embeds(visual, times)  # (B, N, 1 + k, d)
+            tokens = model.frame_embeds(self._visual(frames, stage), times)  # (B, N, 1 + k, d)
             states = states_at_moments(model, tokens, moments, prompt_state(model, tokens.shape[0]))
             groups = conversations(asks, stage.turns)
             ids, labels, owner = collate(model, asks, groups)

@@ -21,7 +21,6 @@ import torch  # noqa: E402
 
 from ma2mba import train  # noqa: E402
 from ma2mba.data import shapeworld  # noqa: E402
-from ma2mba.data.batches import answer_scores, collate, conversations, gather_states, prompt_state, states_at_moments  # noqa: E402
 from ma2mba.model import VideoMa2mba  # noqa: E402
 
 
@@ -53,18 +52,8 @@ class OracleTrainer(train.Trainer):
             visible[i, [shapeworld.KINDS.index(a.kind) for a in video.visible(t)]] = 1.0
         return visible
 
-    def _answer_step(self, stage):
-        model = self.model
-        length = self.curriculum.length(self.rng)
-        visible, times, moments, asks = self._video_batch(stage, length)
-        with self._autocast():
-            tokens = model.frame_embeds(model.visual_token(torch.from_numpy(visible).to(model.device)), times)
-            states = states_at_moments(model, tokens, moments, prompt_state(model, tokens.shape[0]))
-            groups = conversations(asks, stage.turns)
-            ids, labels, owner = collate(model, asks, groups)
-            loss, correct = answer_scores(model, gather_states(states, asks, groups), ids, labels, owner, len(asks))
-        n_tokens = int(visible.shape[0] * visible.shape[1] * model.tokens_per_frame + ids.numel())
-        return loss.mean(), correct.tolist(), [a.kind for a in asks], length, n_tokens
+    def _visual(self, visible, stage):
+        return self.model.visual_token(torch.from_numpy(visible).to(self.model.device))
 
 
 def main():
