@@ -1,37 +1,53 @@
-"""What an oracle-lab model answers to count (or any) questions on 96 fresh 16-s clips: truth -> {answer: n}.
-    python results/oracle_frames/count_confusion.py RUN count
+"""What an oracle-lab model answers on 96 fresh 16-s clips, per true answer: truth, n, {answer: n}.
+
+    python results/oracle_frames/count_confusion.py RUN count [--tied]
 """
-import sys, json, collections, numpy as np, torch
+
+import argparse
+import collections
+import json
+import sys
 from pathlib import Path
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import oracle_lab as O
-from ma2mba import train
-from ma2mba.data import shapeworld
-from ma2mba.evaluate import answer_batch
-from ma2mba.data.batches import prompt_state, states_at_moments
-from tokenizers import Tokenizer as HF
-from ma2mba.tokenizer import Tokenizer
-from ma2mba.model import VideoConfig
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tokenizers import Tokenizer as HFTokenizer  # noqa: E402
+
+from ma2mba.data import shapeworld  # noqa: E402
+from ma2mba.data.batches import prompt_state, states_at_moments  # noqa: E402
+from ma2mba.evaluate import answer_batch  # noqa: E402
+from ma2mba.model import VideoConfig  # noqa: E402
+from ma2mba.tokenizer import Tokenizer  # noqa: E402
+from oracle_lab import OracleModel, visible_kinds  # noqa: E402
+
+LENGTH, CLIPS, BATCH = 16, 96, 16
+
+p = argparse.ArgumentParser()
+p.add_argument("run", help="an oracle_lab.py output folder")
+p.add_argument("kind", help="question kind, e.g. count")
+p.add_argument("--tied", action="store_true", help="the run was trained with --tied")
+args = p.parse_args()
 torch.set_num_threads(1)
-ck = torch.load(sys.argv[1] + "/checkpoint.pt", map_location="cpu", weights_only=False)
-sd = ck["model"]
-if "sym.weight" in sd: sd["oracle.weight"] = sd.pop("sym.weight"); sd["oracle.bias"] = sd.pop("sym.bias")
-m = O.OracleModel(VideoConfig.from_dict(json.loads(ck["config"])), Tokenizer(HF.from_str(ck["tokenizer"])))
-m.load_state_dict(sd); m.eval()
-O.OracleModel.tied = len(sys.argv) > 3
-conf = collections.Counter()
-kind = sys.argv[2]
+ck = torch.load(Path(args.run) / "checkpoint.pt", map_location="cpu", weights_only=True)
+model = OracleModel(VideoConfig.from_dict(json.loads(ck["config"])), Tokenizer(HFTokenizer.from_str(ck["tokenizer"])))
+model.load_state_dict(ck["model"])
+model.eval()
+OracleModel.tied = args.tied
+confusion = collections.Counter()
 with torch.no_grad():
-    for s in range(0, 96, 16):
-        vids = [shapeworld.generate(777_000 + s + i, 16) for i in range(16)]
-        vis = np.stack([O.OracleTrainer._render(None, v, range(16), None) for v in vids])
-        tokens = m.frame_embeds(m.visual_token(torch.from_numpy(vis)), np.arange(16))
-        st = states_at_moments(m, tokens, [16], prompt_state(m, 16))[0]
-        qs = [(i, qa) for i, v in enumerate(vids) for qa in v.questions(np.random.default_rng(i + s), n=4, kinds=[kind])]
-        idx = torch.tensor([i for i, _ in qs])
-        pred = answer_batch(m, st.map(lambda t: t.index_select(0, idx)), [qa.question for _, qa in qs])
-        for (_, qa), p in zip(qs, pred): conf[(qa.answer, p)] += 1
-tot = collections.Counter()
-for (a, p), n in conf.items(): tot[a] += n
-for a in sorted(tot): print(a, tot[a], {p: n for (aa, p), n in sorted(conf.items()) if aa == a})
+    for start in range(0, CLIPS, BATCH):
+        videos = [shapeworld.generate(777_000 + start + i, LENGTH) for i in range(BATCH)]
+        visible = torch.from_numpy(np.stack([visible_kinds(v, range(LENGTH)) for v in videos]))
+        tokens = model.frame_embeds(model.visual_token(visible), np.arange(LENGTH))
+        (state,) = states_at_moments(model, tokens, [LENGTH], prompt_state(model, BATCH))
+        asks = [(i, qa) for i, v in enumerate(videos)
+                for qa in v.questions(np.random.default_rng(start + i), n=4, kinds=[args.kind])]
+        index = torch.tensor([i for i, _ in asks])
+        answers = answer_batch(model, state.map(lambda t: t.index_select(0, index)), [qa.question for _, qa in asks])
+        confusion.update((qa.answer, a) for (_, qa), a in zip(asks, answers))
+for truth in sorted({t for t, _ in confusion}):
+    row = {a: n for (t, a), n in sorted(confusion.items()) if t == truth}
+    print(truth, sum(row.values()), row)

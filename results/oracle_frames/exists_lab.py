@@ -10,7 +10,7 @@ last question token. 600 steps of 64 clips, AdamW 1e-3. Flags (combine freely):
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import sys, torch, numpy as np
+import torch, numpy as np
 from ma2mba.config import Mamba2Config
 from ma2mba.lm import Mamba2LM
 from ma2mba.model import time_features
@@ -34,9 +34,8 @@ for step in range(600):
     if "markers" in flags:
         mk = tembed(time_features(np.arange(N)))[None].expand(B, N, 192)
         vis = torch.stack([mk, vis], 2).flatten(1, 2)
-    if "words" in flags:  # colour word (28 + c), shape word (35 + s) ... ids below 64
+    if "words" in flags:  # colour word 28-34, shape word 35-38 (kind k is colour k // 4, shape k % 4)
         qids = np.stack([np.full(B, Q), 28 + query // 4, 35 + query % 4, np.full(B, EOS), np.full(B, AST)], 1)
-        qids[:, 2] = np.where(qids[:, 2] >= 40, qids[:, 2] + 6, qids[:, 2])  # keep clear of YES..AST
     elif "long" in flags:  # "did a K appear ?" EOS ASSISTANT: the answer comes 5 tokens after the kind
         qids = np.stack([np.full(B, Q), np.full(B, 50), np.full(B, 51), query, np.full(B, 52), np.full(B, 53), np.full(B, EOS), np.full(B, AST)], 1)
     else:

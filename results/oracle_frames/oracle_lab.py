@@ -44,13 +44,17 @@ class OracleModel(VideoMa2mba):
         return (visible @ rows)[:, :, None]
 
 
+def visible_kinds(video: shapeworld.Video, times) -> np.ndarray:
+    """The kinds visible at each time, multi-hot (N, 28): what the oracle shows instead of pixels."""
+    visible = np.zeros((len(times), len(shapeworld.KINDS)), np.float32)
+    for i, t in enumerate(times):
+        visible[i, [shapeworld.KINDS.index(a.kind) for a in video.visible(t)]] = 1.0
+    return visible
+
+
 class OracleTrainer(train.Trainer):
     def _render(self, video, times, stage):
-        """The kinds visible at each time, multi-hot (N, 28), instead of pixels."""
-        visible = np.zeros((len(times), len(shapeworld.KINDS)), np.float32)
-        for i, t in enumerate(times):
-            visible[i, [shapeworld.KINDS.index(a.kind) for a in video.visible(t)]] = 1.0
-        return visible
+        return visible_kinds(video, times)
 
     def _visual(self, visible, stage):
         return self.model.visual_token(torch.from_numpy(visible).to(self.model.device))

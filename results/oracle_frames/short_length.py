@@ -5,7 +5,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch
 from ma2mba import train
 p = argparse.ArgumentParser()
-p.add_argument("--run", default="/work/runs/shapes"); p.add_argument("--out", required=True)
+p.add_argument("--run", default="runs/shapes"); p.add_argument("--out", required=True)
 p.add_argument("--steps", type=int, default=1000); p.add_argument("--lr", type=float, default=6e-4)
 p.add_argument("--length", type=int, default=32); p.add_argument("--threads", type=int, default=1)
 p.add_argument("--tokens", type=int, default=2048); p.add_argument("--asks", type=int, default=256)

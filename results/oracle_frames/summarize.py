@@ -9,7 +9,7 @@ from pathlib import Path
 WINDOWS = ((0, 50), (200, 250), (400, 450), (600, 650), (1000, 1050))
 
 
-def line(window) -> str:
+def accuracy_by_kind(window) -> str:
     by_kind = collections.defaultdict(list)
     for r in window:
         for kind, acc in r["by_kind"].items():
@@ -24,5 +24,5 @@ for path in sorted(Path(__file__).parent.glob("log_*.jsonl.gz")):
         window = rows[lo:hi]
         if len(window) < hi - lo:
             break
-        print(f"  steps {lo:4d}-{hi:4d}: " + line(window))
-    print(f"  last 50 steps:   " + line(rows[-50:]))
+        print(f"  steps {lo:4d}-{hi:4d}: " + accuracy_by_kind(window))
+    print(f"  last 50 steps:   " + accuracy_by_kind(rows[-50:]))
