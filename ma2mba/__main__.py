@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 
 def chat(args) -> int:
@@ -54,11 +55,25 @@ def chat(args) -> int:
 def train(args) -> int:
     import torch
 
-    from .train import Trainer
+    from .train import RECIPES, Trainer
 
+    if args.recipe not in RECIPES:
+        raise SystemExit(f"error: no recipe {args.recipe!r}; the recipes are {', '.join(RECIPES)}")
+    stages = [s.name for s in RECIPES[args.recipe]]
+    if args.start_stage is not None and args.start_stage not in stages:
+        raise SystemExit(f"error: recipe {args.recipe!r} has no stage {args.start_stage!r}; "
+                         f"its stages are {', '.join(stages)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    trainer = Trainer(args.out, recipe=args.recipe, seed=args.seed, bf16=not args.fp32, lm=args.lm, device=args.device)
+    if (args.init is None) != (args.start_stage is None):
+        raise SystemExit("error: --init and --start-stage go together: a model, and the recipe stage it continues from")
+    model = None
+    if args.init and not (Path(args.out) / "checkpoint.pt").exists():  # a resumed run reloads its own checkpoint
+        from .model import load_model
+
+        model = load_model(args.init)
+    trainer = Trainer(args.out, recipe=args.recipe, seed=args.seed, bf16=not args.fp32, lm=args.lm, device=args.device,
+                      model=model, start_stage=args.start_stage)
     trainer.run(max_minutes=args.minutes, checkpoint_every=args.checkpoint_every)
     done = trainer.stage_index >= len(trainer.stages)
     print(f"{'finished' if done else 'paused'} after {trainer.seconds / 60:.1f} min of training; "
@@ -105,6 +120,8 @@ def main(argv=None) -> int:
     p.add_argument("--lm", default="mamba2", choices=("mamba2", "transformer"),
                    help="transformer: the baseline of ma2mba/baselines.py, same size (the checkpoint remembers it)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (a checkpoint resumes on either)")
+    p.add_argument("--init", default=None, help="a model folder (or Hub id) that a new run starts from …")
+    p.add_argument("--start-stage", default=None, help="… at this stage of the recipe (the earlier stages made it)")
     p.set_defaults(fn=train)
 
     p = sub.add_parser("eval", help="accuracy on held-out ShapeWorld videos, with baselines")

@@ -196,6 +196,19 @@ class Mamba2LM(nn.Module):
         for layer in self.backbone.layers:
             layer.mixer.widen_state(new)
 
+    def widen_conv(self, d_conv: int) -> None:
+        """Widen every mixer's causal convolution to `d_conv` taps, computing exactly what it did before.
+
+        The convolution is the only place where a Mamba-2 token reads its neighbours directly; whatever
+        lies further back must be carried in the state. A question's subject ("red star") sits 5-7 tokens
+        before the answer, beyond the default 4 taps (results/oracle_frames/).
+        """
+        if d_conv <= self.config.ssm.d_conv:
+            raise ValueError(f"d_conv={d_conv} does not widen the convolution (it is {self.config.ssm.d_conv})")
+        self.config.ssm_cfg = {**self.config.ssm_cfg, "d_conv": d_conv}
+        for layer in self.backbone.layers:
+            layer.mixer.widen_conv(self.config.ssm)
+
     # --- running ---
     def empty_state(self, batch: int = 1, dtype=None, device=None) -> State:
         p = self.lm_head.weight

@@ -272,6 +272,25 @@ class Mamba2(nn.Module):
             conv.bias.copy_(widened(self.conv1d.bias, b_conv, bias, torch.zeros_like(bias)))
         self.in_proj, self.conv1d, self.cfg = in_proj, conv, cfg
 
+    @torch.no_grad()
+    def widen_conv(self, cfg: SSMConfig) -> None:
+        """Take `cfg`, whose d_conv is larger, computing exactly what the mixer did (Mamba2LM.widen_conv).
+
+        The old taps keep the newest positions; the new, older ones start at zero. Their gradient is not
+        zero (each is the input that many steps back times the pre-activation's gradient), so training
+        can start reading further back at once.
+        """
+        old = self.cfg
+        if cfg.d_conv <= old.d_conv or dataclasses.replace(old, d_conv=cfg.d_conv) != cfg:
+            raise ValueError("widen_conv only widens d_conv")
+        conv = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, cfg.d_conv, groups=cfg.conv_dim, padding=cfg.d_conv - 1,
+                         bias=self.conv1d.bias is not None).to(self.conv1d.weight)
+        conv.weight.zero_()
+        conv.weight[..., cfg.d_conv - old.d_conv:] = self.conv1d.weight  # tap -1 reads the current token
+        if self.conv1d.bias is not None:
+            conv.bias.copy_(self.conv1d.bias)
+        self.conv1d, self.cfg = conv, cfg
+
     def empty_state(self, batch: int, dtype=torch.float32, device=None):
         c = self.cfg
         conv = torch.zeros(batch, c.conv_dim, c.d_conv - 1, dtype=dtype, device=device)

@@ -75,6 +75,7 @@ class Stage:
     kind_tokens: bool = False  # the stage first gives each (colour, shape) kind one token (join_kind_tokens)
     grow_layers: tuple = ()  # the stage first inserts fresh identity-started LM blocks at these indices
     grow_state: int = 0  # > 0: the stage first widens every mixer's SSM state to this d_state
+    grow_conv: int = 0  # > 0: the stage first widens every mixer's causal convolution to this many taps
     timescale_lr: float = 1.0  # learning-rate multiplier for A_log and dt_bias, the parameters of the memory's decay
 
 
@@ -119,7 +120,8 @@ RECIPES = {
               tokens_per_step=64, asks_per_step=16, warmup=1, checkpointing="multi_axis"),
         Stage("qa_mlp", "qa", steps=3, lr=1e-3, lengths=(6, 10), min_steps=1, promote_at=0.0, replay=0.5,
               tokens_per_step=64, asks_per_step=16, warmup=1, grow_mlp=64, kind_tokens=True,
-              grow_layers=(1,), grow_state=48, timescale_lr=10.0, question_kinds=("count", "count", "when")),
+              grow_layers=(1,), grow_state=48, grow_conv=6, timescale_lr=10.0,
+              question_kinds=("count", "count", "when")),
     ],
 }
 
@@ -248,7 +250,9 @@ def make_optimizer(named_params, lr: float, timescale_lr: float = 1.0) -> torch.
 
 class Trainer:
     def __init__(self, out_dir, recipe: str = "shapes", seed: int = 0, bf16: bool = True, model=None,
-                 lm: str = "mamba2", device="cpu"):
+                 lm: str = "mamba2", device="cpu", start_stage: str | None = None):
+        """start_stage: a new run begins at this stage of the recipe, taking `model` as the earlier stages'
+        result (a run resumed from its checkpoint continues where it stopped instead)."""
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.recipe_name = recipe
@@ -259,7 +263,10 @@ class Trainer:
         self.model = (model if model is not None else new_packaged_model(seed, lm)).to(self.device)
         # Stage 0's temporary classifier: which of the 28 kinds a frame shows (not part of the model).
         self.kinds_head = torch.nn.Linear(self.model.vision.out_dim, len(shapeworld.KINDS)).to(self.device)
-        self.stage_index, self.step = 0, 0
+        names = [s.name for s in self.stages]
+        if start_stage is not None and start_stage not in names:
+            raise ValueError(f"recipe {recipe!r} has no stage {start_stage!r}: its stages are {', '.join(names)}")
+        self.stage_index, self.step = (names.index(start_stage) if start_stage else 0), 0
         self.rng = np.random.default_rng(seed)
         self.seconds = 0.0  # training wall time, summed over resumed runs
         self.videos_made = 0
@@ -290,6 +297,8 @@ class Trainer:
             lm.insert_layers(stage.grow_layers)
         if stage.grow_state and isinstance(lm, Mamba2LM) and lm.config.ssm.d_state < stage.grow_state:
             lm.grow_state(stage.grow_state)
+        if stage.grow_conv and isinstance(lm, Mamba2LM) and lm.config.ssm.d_conv < stage.grow_conv:
+            lm.widen_conv(stage.grow_conv)
         self.grown.add(stage.name)
         self.curriculum = Curriculum(stage)
         self.optimizer = make_optimizer(self._trainable(stage), stage.lr, stage.timescale_lr)  # fresh moments for a new task

@@ -35,3 +35,33 @@ def test_chat_rejects_an_overlong_question_readably():
     out = run_cli("chat", str(EXAMPLE), "-q", "star " * 300)
     assert out.returncode == 2
     assert "limit" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_train_continues_a_saved_model_from_a_named_stage(tmp_path):
+    """`train --init MODEL --start-stage NAME`: a new run takes MODEL as the result of the stages before NAME."""
+    import json
+
+    import torch
+
+    from ma2mba import load_model
+    from ma2mba.model import untrained_packaged_model
+    from ma2mba.train import RECIPES
+
+    start = untrained_packaged_model(seed=3)
+    start.save_pretrained(tmp_path / "start")
+    last = RECIPES["smoke"][-1]
+    out = run_cli("train", "--recipe", "smoke", "--fp32", "--init", str(tmp_path / "start"), "--start-stage", last.name,
+                  "--out", str(tmp_path / "run"))
+    assert out.returncode == 0, out.stderr
+    log = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    assert [r["stage"] for r in log] == [last.name] * last.steps  # the earlier stages were not run
+    final = load_model(tmp_path / "run" / "model")
+    assert (final.lm.config.d_intermediate, final.lm.config.ssm.d_conv) == (last.grow_mlp, last.grow_conv)
+    # it began from the given weights: the vision encoder, frozen in that stage, is exactly the start's
+    for (name, a), b in zip(start.vision.state_dict().items(), final.vision.state_dict().values()):
+        assert torch.equal(a, b), name
+    wrong = run_cli("train", "--recipe", "smoke", "--init", str(tmp_path / "start"), "--start-stage", "nope",
+                    "--out", str(tmp_path / "wrong"))
+    assert wrong.returncode != 0 and "no stage 'nope'" in wrong.stderr and "Traceback" not in wrong.stderr
+    alone = run_cli("train", "--recipe", "smoke", "--start-stage", last.name, "--out", str(tmp_path / "alone"))
+    assert alone.returncode != 0 and "go together" in alone.stderr

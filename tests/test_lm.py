@@ -275,6 +275,37 @@ def test_inserted_layers_start_as_the_identity_then_learn(tmp_path):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
+def test_a_widened_convolution_computes_the_same_and_learns_to_read_further_back(tmp_path, name):
+    lm = tiny_lm(name, dtype=torch.float64)
+    ids = torch.randint(0, VOCAB, (2, 37))
+    before = lm(ids)
+    old = lm.config.ssm.d_conv
+    lm.widen_conv(old + 5)
+    assert all(layer.mixer.cfg.d_conv == old + 5 and layer.mixer.conv1d.weight.shape[-1] == old + 5
+               for layer in lm.backbone.layers)
+    after = lm(ids)
+    torch.testing.assert_close(after.logits, before.logits, rtol=1e-12, atol=1e-12)
+    for (conv_new, ssm_new), (conv_old, ssm_old) in zip(after.state, before.state):
+        torch.testing.assert_close(conv_new[..., -(old - 1):], conv_old, rtol=0, atol=0)  # it keeps more inputs
+        torch.testing.assert_close(ssm_new, ssm_old, rtol=1e-12, atol=1e-12)
+    # One token at a time agrees with the whole sequence on the widened model, through a longer conv state.
+    state, steps = lm.empty_state(2), []
+    for t in range(ids.shape[1]):
+        out = lm.step(ids[:, t], state)
+        state, _ = out.state, steps.append(out.logits)
+    torch.testing.assert_close(torch.stack(steps, 1), after.logits, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="does not widen"):
+        lm.widen_conv(old + 5)
+    after.logits.pow(2).mean().backward()
+    new_taps = lm.backbone.layers[0].mixer.conv1d.weight.grad[..., :5]
+    assert (new_taps.abs().sum((1, 2)) > 0).all()  # every channel starts learning to read further back
+    lm.save_pretrained(tmp_path)
+    loaded = Mamba2LM.from_pretrained(tmp_path).to(torch.float64)
+    assert loaded.config.ssm.d_conv == old + 5
+    torch.testing.assert_close(loaded(ids).logits, after.logits)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
 def test_a_widened_state_computes_the_same_and_learns_to_read_its_new_dimensions(tmp_path, name):
     lm = tiny_lm(name, dtype=torch.float64)
     ids = torch.randint(0, VOCAB, (2, 37))

@@ -20,15 +20,16 @@ def test_paused_and_resumed_training_equals_one_run(tmp_path):
     paused = Trainer(tmp_path / "b", recipe="smoke", bf16=False)
     paused.run(progress=False, max_steps=total // 2)
     assert paused.stage_index < len(paused.stages)
-    # Paused again inside the last stage, which grows the LM (MLPs, a block, a wider state) and joins the
-    # kind tokens as it begins.
+    # Paused again inside the last stage, which grows the LM (MLPs, a block, a wider state and convolution)
+    # and joins the kind tokens as it begins.
     paused = Trainer(tmp_path / "b", recipe="smoke", bf16=False)  # a fresh process would do the same
     paused.run(progress=False, max_steps=total - 1 - total // 2)
     assert paused.stage.grow_mlp and paused.stage.kind_tokens and paused.step == paused.stage.steps - 1
     resumed = Trainer(tmp_path / "b", recipe="smoke", bf16=False)
     assert resumed.model.lm.config.d_intermediate == resumed.stage.grow_mlp
     assert resumed.model.lm.config.n_layer == packaged_config().lm.n_layer + len(resumed.stage.grow_layers)
-    assert resumed.model.lm.config.ssm.d_state == resumed.stage.grow_state
+    assert (resumed.model.lm.config.ssm.d_state, resumed.model.lm.config.ssm.d_conv) == (resumed.stage.grow_state,
+                                                                                     resumed.stage.grow_conv)
     assert has_kind_tokens(resumed.model) and resumed.model.tokenizer.hf.to_str() == paused.model.tokenizer.hf.to_str()
     resumed.run(progress=False)
     decay_group, _, timescale_group = resumed.optimizer.param_groups  # the memory's decay learns faster
@@ -99,6 +100,7 @@ def test_a_finished_run_goes_on_when_its_recipe_gains_a_stage(tmp_path, monkeypa
     final = load_model(tmp_path / "model")
     assert final.lm.config.d_intermediate == full[-1].grow_mlp and has_kind_tokens(final)
     assert (final.lm.config.n_layer, final.lm.config.ssm.d_state) == (grown.model.lm.config.n_layer, full[-1].grow_state)
+    assert final.lm.config.ssm.d_conv == full[-1].grow_conv
 
 
 def test_joined_kind_tokens_start_as_their_words_and_read_the_same():
