@@ -5,6 +5,7 @@ last question token. 600 steps of 64 clips, AdamW 1e-3. Flags (combine freely):
   words    the kind is asked as two words, colour then shape, and the answer comes after EOS, ASSISTANT
   long     the kind is one token inside a 6-token question, then EOS, ASSISTANT
   conv8    the mixers' causal convolution spans 8 tokens instead of 4
+  grow8    it spans 4 for the first 300 steps, then is widened to 8 (Mamba2LM.widen_conv), fresh optimiser
     python results/oracle_frames/exists_lab.py words > exists_words.txt
 """
 import sys
@@ -20,10 +21,16 @@ cfg = Mamba2Config(d_model=192, n_layer=6, vocab_size=64, pad_vocab_size_multipl
                    ssm_cfg=dict(d_state=32, headdim=48, chunk_size=64, d_conv=8 if "conv8" in flags else 4))
 lm = Mamba2LM(cfg)
 oracle = torch.nn.Linear(28, 192); tembed = torch.nn.Linear(42, 192)
-opt = torch.optim.AdamW(list(lm.parameters()) + list(oracle.parameters()) + list(tembed.parameters()), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+def optimizer():
+    return torch.optim.AdamW(list(lm.parameters()) + list(oracle.parameters()) + list(tembed.parameters()), lr=1e-3,
+                             betas=(0.9, 0.95), weight_decay=0.1)
+opt = optimizer()
 rng = np.random.default_rng(0); B, N = 64, 16
 YES, NO, Q, EOS, AST = 40, 41, 42, 43, 44
 for step in range(600):
+    if step == 300 and "grow8" in flags:
+        lm.widen_conv(8)
+        opt = optimizer()
     present = rng.integers(0, 28, (B, 6))
     frames = present[np.arange(B)[:, None], rng.integers(0, 6, (B, N))]
     ask_present = rng.random(B) < 0.5

@@ -1,0 +1,41 @@
+"""Retrain the packaged LM from scratch with a wider causal convolution, reusing the shipped vision encoder.
+
+The `shapes` recipe from its "align" stage on (stage 0 trains only the vision encoder, frozen afterwards, so
+the shipped one stands in for it), with a fresh projector, time markers and Mamba-2 LM whose mixers'
+convolution spans --conv tokens. Its log is compared step for step with the shipped run's
+(results/train_shapes_log.jsonl.gz, d_conv 4) by compare.py.
+
+    python results/conv_width/relearn.py OUT --conv 12 --threads 2 --minutes 100
+
+A rerun of the same command resumes from OUT/checkpoint.pt.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch  # noqa: E402
+
+from ma2mba import train  # noqa: E402
+from ma2mba.model import VideoMa2mba, load_model, packaged_config  # noqa: E402
+
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.add_argument("out")
+p.add_argument("--vision-from", default="assets/ma2mba-shapes")
+p.add_argument("--conv", type=int, default=12)
+p.add_argument("--minutes", type=float, default=None, help="pause (resumably) after this long")
+p.add_argument("--threads", type=int, default=2)
+a = p.parse_args()
+torch.set_num_threads(a.threads)
+model = None
+if not (Path(a.out) / "checkpoint.pt").exists():
+    torch.manual_seed(0)
+    config = packaged_config()
+    config.lm.ssm_cfg = {**config.lm.ssm_cfg, "d_conv": a.conv}
+    model = VideoMa2mba(config, train.build_word_tokenizer(train.vocabulary_texts()))
+    shipped = load_model(a.vision_from)
+    assert shipped.tokenizer.hf.to_str() == model.tokenizer.hf.to_str()
+    model.vision.load_state_dict(shipped.vision.state_dict())
+trainer = train.Trainer(a.out, recipe="shapes", model=model, start_stage="align", bf16=False)
+trainer.run(checkpoint_every=25, progress=False, max_minutes=a.minutes)
