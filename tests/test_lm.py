@@ -274,6 +274,15 @@ def test_inserted_layers_start_as_the_identity_then_learn(tmp_path):
     torch.testing.assert_close(loaded(ids).logits, lm(ids).logits, rtol=0, atol=0)
 
 
+def logits_token_by_token(lm, ids):
+    """lm.step over ids (b, l), one token at a time from an empty state -> logits (b, l, vocab)."""
+    state, steps = lm.empty_state(ids.shape[0]), []
+    for t in range(ids.shape[1]):
+        out = lm.step(ids[:, t], state)
+        state, _ = out.state, steps.append(out.logits)
+    return torch.stack(steps, 1)
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_a_widened_convolution_computes_the_same_and_learns_to_read_further_back(tmp_path, name):
     lm = tiny_lm(name, dtype=torch.float64)
@@ -289,11 +298,7 @@ def test_a_widened_convolution_computes_the_same_and_learns_to_read_further_back
         torch.testing.assert_close(conv_new[..., -(old - 1):], conv_old, rtol=0, atol=0)  # it keeps more inputs
         torch.testing.assert_close(ssm_new, ssm_old, rtol=1e-12, atol=1e-12)
     # One token at a time agrees with the whole sequence on the widened model, through a longer conv state.
-    state, steps = lm.empty_state(2), []
-    for t in range(ids.shape[1]):
-        out = lm.step(ids[:, t], state)
-        state, _ = out.state, steps.append(out.logits)
-    torch.testing.assert_close(torch.stack(steps, 1), after.logits, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(logits_token_by_token(lm, ids), after.logits, rtol=1e-9, atol=1e-9)
     with pytest.raises(ValueError, match="does not widen"):
         lm.widen_conv(old + 5)
     after.logits.pow(2).mean().backward()
@@ -318,11 +323,7 @@ def test_a_widened_state_computes_the_same_and_learns_to_read_its_new_dimensions
         torch.testing.assert_close(new[..., :8], old, rtol=1e-12, atol=1e-12)
         assert new[..., 8:].abs().sum() > 0  # and the new ones are written from the start
     # One token at a time agrees with the whole sequence on the widened model.
-    state, steps = lm.empty_state(2), []
-    for t in range(ids.shape[1]):
-        out = lm.step(ids[:, t], state)
-        state, _ = out.state, steps.append(out.logits)
-    torch.testing.assert_close(torch.stack(steps, 1), after.logits, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(logits_token_by_token(lm, ids), after.logits, rtol=1e-9, atol=1e-9)
     with pytest.raises(ValueError, match="does not grow"):
         lm.grow_state(20)
     after.logits.pow(2).mean().backward()
