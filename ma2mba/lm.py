@@ -200,8 +200,9 @@ class Mamba2LM(nn.Module):
         """Widen every mixer's causal convolution to `d_conv` taps, computing exactly what it did before.
 
         The convolution is the only place where a Mamba-2 token reads its neighbours directly; whatever
-        lies further back must be carried in the state. A question's subject ("red star") sits 5-7 tokens
-        before the answer, beyond the default 4 taps (results/oracle_frames/).
+        lies further back must be carried in the state. A question's subject ("red star") sits 4-6 tokens
+        before the answer, beyond the default 4 taps (results/oracle_frames/; what widening did on the
+        whole task: results/conv_width/).
         """
         if d_conv <= self.config.ssm.d_conv:
             raise ValueError(f"d_conv={d_conv} does not widen the convolution (it is {self.config.ssm.d_conv})")
