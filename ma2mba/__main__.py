@@ -59,10 +59,6 @@ def train(args) -> int:
 
     if args.recipe not in RECIPES:
         raise SystemExit(f"error: no recipe {args.recipe!r}; the recipes are {', '.join(RECIPES)}")
-    stages = [s.name for s in RECIPES[args.recipe]]
-    if args.start_stage is not None and args.start_stage not in stages:
-        raise SystemExit(f"error: recipe {args.recipe!r} has no stage {args.start_stage!r}; "
-                         f"its stages are {', '.join(stages)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if (args.init is None) != (args.start_stage is None):
@@ -72,8 +68,11 @@ def train(args) -> int:
         from .model import load_model
 
         model = load_model(args.init)
-    trainer = Trainer(args.out, recipe=args.recipe, seed=args.seed, bf16=not args.fp32, lm=args.lm, device=args.device,
-                      model=model, start_stage=args.start_stage)
+    try:
+        trainer = Trainer(args.out, recipe=args.recipe, seed=args.seed, bf16=not args.fp32, lm=args.lm,
+                          device=args.device, model=model, start_stage=args.start_stage)
+    except ValueError as e:  # a stage the recipe lacks, a checkpoint of another recipe
+        raise SystemExit(f"error: {e}") from None
     trainer.run(max_minutes=args.minutes, checkpoint_every=args.checkpoint_every)
     done = trainer.stage_index >= len(trainer.stages)
     print(f"{'finished' if done else 'paused'} after {trainer.seconds / 60:.1f} min of training; "
