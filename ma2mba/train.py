@@ -36,7 +36,7 @@ import torch
 from .baselines import matched_transformer_config
 from .data import shapeworld
 from .data.batches import (ASPECTS, Ask, answer_scores, collate, conversations, gather_states, pixels, prompt_state,
-                           render_letterboxed, states_at_moments, visual_tokens)
+                           render_letterboxed, run_frames, visual_tokens)
 from .lm import Mamba2LM
 from .model import VideoMa2mba, packaged_config
 from .tokenizer import build_word_tokenizer, with_phrase_tokens
@@ -46,6 +46,7 @@ CAPTION_QUESTION = "Describe the recent events."
 FRAME_QUESTION = "Describe the frame."
 CAPTION_WINDOW_S = 20
 CAPTION_MAX_EVENTS = 4
+COUNTER_CLASSES = shapeworld.MAX_COUNT + 1  # running counts 0..20 (an appearance's own is 1..20)
 
 
 @dataclass
@@ -77,6 +78,7 @@ class Stage:
     grow_state: int = 0  # > 0: the stage first widens every mixer's SSM state to this d_state
     grow_conv: int = 0  # > 0: the stage first widens every mixer's causal convolution to this many taps
     timescale_lr: float = 1.0  # learning-rate multiplier for A_log and dt_bias, the parameters of the memory's decay
+    counter_loss: float = 0.0  # > 0: weight of the running-count loss at every appearance (Trainer.counter_head)
 
 
 RECIPES = {
@@ -120,7 +122,7 @@ RECIPES = {
               tokens_per_step=64, asks_per_step=16, warmup=1, checkpointing="multi_axis"),
         Stage("qa_mlp", "qa", steps=3, lr=1e-3, lengths=(6, 10), min_steps=1, promote_at=0.0, replay=0.5,
               tokens_per_step=64, asks_per_step=16, warmup=1, grow_mlp=64, kind_tokens=True,
-              grow_layers=(1,), grow_state=48, grow_conv=6, timescale_lr=10.0,
+              grow_layers=(1,), grow_state=48, grow_conv=6, timescale_lr=10.0, counter_loss=1.0,
               question_kinds=("count", "count", "when")),
     ],
 }
@@ -179,6 +181,14 @@ def join_kind_tokens(model: VideoMa2mba) -> None:
 def caption_answer(video: shapeworld.Video, as_of: int) -> str:
     recent = [text for start, text in video.timed_captions(as_of) if start > as_of - CAPTION_WINDOW_S]
     return ". ".join(recent[-CAPTION_MAX_EVENTS:]) if recent else "nothing appeared"
+
+
+def counter_targets(videos, length: int) -> tuple[torch.Tensor, ...]:
+    """Every appearance in the first `length` seconds of each video, as four index tensors:
+    video, frame (= second) where it appears, kind (index in KINDS), and its kind's running count then."""
+    rows = [(b, a.start, shapeworld.KINDS.index(a.kind), min(n, COUNTER_CLASSES - 1))
+            for b, video in enumerate(videos) for a, n in video.running_counts(length - 1)]
+    return tuple(torch.tensor(x, dtype=torch.long) for x in zip(*rows)) if rows else (torch.zeros(0, dtype=torch.long),) * 4
 
 
 def lr_at(stage: Stage, step: int) -> float:
@@ -263,6 +273,12 @@ class Trainer:
         self.model = (model if model is not None else new_packaged_model(seed, lm)).to(self.device)
         # Stage 0's temporary classifier: which of the 28 kinds a frame shows (not part of the model).
         self.kinds_head = torch.nn.Linear(self.model.vision.out_dim, len(shapeworld.KINDS)).to(self.device)
+        # The head of a stage's counter_loss: the LM's output at a frame -> each kind's running count (not part of
+        # the model). Made on a forked RNG, so that recipes without it draw the same random numbers as before.
+        with torch.random.fork_rng(devices=[]):
+            self.counter_head = torch.nn.Linear(self.model.config.lm.d_model, len(shapeworld.KINDS) * COUNTER_CLASSES)
+        self.counter_head.to(self.device)
+        self._counter_accuracy = None
         names = [s.name for s in self.stages]
         if start_stage is not None and start_stage not in names:
             raise ValueError(f"recipe {recipe!r} has no stage {start_stage!r}: its stages are {', '.join(names)}")
@@ -284,7 +300,8 @@ class Trainer:
         """(name, parameter) pairs a stage trains: the vision encoder only while it is being taught."""
         if stage.task == "kinds":
             return [*self.model.vision.named_parameters("vision"), *self.kinds_head.named_parameters("kinds_head")]
-        return [(n, p) for n, p in self.model.named_parameters() if stage.train_vision or not n.startswith("vision.")]
+        params = [(n, p) for n, p in self.model.named_parameters() if stage.train_vision or not n.startswith("vision.")]
+        return params + (list(self.counter_head.named_parameters("counter_head")) if stage.counter_loss else [])
 
     def _begin_stage(self) -> None:
         stage = self.stage
@@ -346,7 +363,7 @@ class Trainer:
             asks += [Ask(b, j, CAPTION_QUESTION, caption_answer(video, as_of), "caption")] * min(n_caption, 1)
             for qa in video.questions(self.rng, n=n - min(n_caption, 1), kinds=stage.question_kinds, as_of=as_of):
                 asks.append(Ask(b, j, qa.question, qa.answer, qa.kind_of_question))
-        return frames, np.arange(length), moments, asks
+        return frames, np.arange(length), moments, asks, videos
 
     # --- steps ---
     def _optimise(self, stage: Stage, loss: torch.Tensor) -> float:
@@ -378,23 +395,48 @@ class Trainer:
         """What _render made -> visual tokens (B, N, k, d); a subclass may feed the LM something else."""
         return visual_tokens(self.model, frames, train_vision=stage.train_vision)
 
+    def _frame_losses(self, stage: Stage, frame_outputs: torch.Tensor, videos) -> torch.Tensor:
+        """Auxiliary losses on the LM's outputs at the frames themselves (B, N, d); a subclass may add its own."""
+        if not stage.counter_loss:
+            return frame_outputs.new_zeros(())
+        return stage.counter_loss * self._counter_loss(frame_outputs, videos)
+
+    def _counter_loss(self, frame_outputs: torch.Tensor, videos) -> torch.Tensor:
+        """Cross-entropy of each appearance's running count, read by counter_head at the frame where it appears.
+
+        The question is in the frame itself, so this teaches the LM to keep a count per kind in its state
+        without having to look a kind up through a question first (results/counter_loss/).
+        """
+        b, t, k, n = (x.to(frame_outputs.device) for x in counter_targets(videos, frame_outputs.shape[1]))
+        if not len(b):
+            self._counter_accuracy = None
+            return frame_outputs.new_zeros(())
+        logits = self.counter_head(frame_outputs[b, t].float()).view(len(b), len(shapeworld.KINDS), -1)
+        logits = logits[torch.arange(len(b), device=logits.device), k]  # (appearances, COUNTER_CLASSES): its own kind
+        self._counter_accuracy = float((logits.argmax(-1) == n).float().mean())
+        return torch.nn.functional.cross_entropy(logits, n)
+
     def _answer_step(self, stage: Stage):
         model = self.model
         if stage.task == "frames":
             length = 1
             frames, times, moments, asks, _ = self._frames_batch(stage)
+            videos = []
         else:
             length = self.curriculum.length(self.rng)
-            frames, times, moments, asks = self._video_batch(stage, length)
+            frames, times, moments, asks, videos = self._video_batch(stage, length)
         model.lm.set_checkpointing(stage.checkpointing if length >= stage.checkpointing_from else "none")
         with self._autocast():
             tokens = model.frame_embeds(self._visual(frames, stage), times)  # (B, N, 1 + k, d)
-            states = states_at_moments(model, tokens, moments, prompt_state(model, tokens.shape[0]))
+            states, frame_outputs = run_frames(model, tokens, moments, prompt_state(model, tokens.shape[0]))
             groups = conversations(asks, stage.turns)
             ids, labels, owner = collate(model, asks, groups)
             loss, correct = answer_scores(model, gather_states(states, asks, groups), ids, labels, owner, len(asks))
+            loss = loss.mean()
+            if videos:
+                loss = loss + self._frame_losses(stage, frame_outputs, videos)
         n_tokens = int(frames.shape[0] * frames.shape[1] * model.tokens_per_frame + ids.numel())
-        return loss.mean(), correct.tolist(), [a.kind for a in asks], length, n_tokens
+        return loss, correct.tolist(), [a.kind for a in asks], length, n_tokens
 
     def train_step(self, stage: Stage) -> dict:
         started = time.perf_counter()
@@ -414,6 +456,8 @@ class Trainer:
             "level": self.curriculum.level, "level_accuracy": round(self.curriculum.accuracy(), 4),
             "tokens": n_tokens, "seconds": round(time.perf_counter() - started, 3),
             "rss_mb": psutil.Process().memory_info().rss >> 20,
+            **({"counter": round(self._counter_accuracy, 4)} if stage.counter_loss and self._counter_accuracy is not None
+               else {}),
         }
 
     # --- the loop ---
@@ -473,6 +517,7 @@ class Trainer:
         tmp = path.with_suffix(".tmp")
         torch.save({
             "model": self.model.state_dict(), "kinds_head": self.kinds_head.state_dict(),
+            "counter_head": self.counter_head.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "stage_index": self.stage_index, "step": self.step, "curriculum": self.curriculum.state_dict(),
             "rng": json.dumps(self.rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
@@ -496,6 +541,8 @@ class Trainer:
         self.model.load_state_dict(ck["model"])
         self.model.to(self.device)
         self.kinds_head.load_state_dict(ck["kinds_head"])
+        if "counter_head" in ck:  # older checkpoints have none
+            self.counter_head.load_state_dict(ck["counter_head"])
         self.stage_index, self.step = ck["stage_index"], ck["step"]
         self.seconds, self.videos_made = ck["seconds"], ck["videos_made"]
         self.grown = set(ck.get("grown", []))  # absent: written before grow_layers, so no layers were grown

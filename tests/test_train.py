@@ -6,9 +6,10 @@ import torch
 
 from ma2mba import load_model
 from ma2mba.card import package
-from ma2mba.train import (RECIPES, Trainer, caption_answer, has_kind_tokens, join_kind_tokens, lr_at, make_optimizer,
-                          new_packaged_model)
+from ma2mba.train import (RECIPES, Trainer, caption_answer, counter_targets, has_kind_tokens, join_kind_tokens, lr_at,
+                          make_optimizer, new_packaged_model)
 from ma2mba.data import shapeworld
+from ma2mba.data.batches import prompt_state, run_frames
 from ma2mba.model import packaged_config
 
 
@@ -133,3 +134,41 @@ def test_the_memory_decay_parameters_can_learn_at_their_own_rate():
     n_layer = model.config.lm.n_layer
     assert own == sorted(f"lm.backbone.layers.{i}.mixer.{p}" for i in range(n_layer) for p in ("A_log", "dt_bias"))
     assert all(names[id(p)] not in own for g in groups[:2] for p in g["params"])
+
+
+def test_counter_targets_are_each_appearance_with_its_kinds_count_so_far():
+    videos = [shapeworld.generate(seed, 40) for seed in (3, 4)]
+    b, t, k, n = counter_targets(videos, 30)
+    assert len(b) == sum(len([a for a in v.appearances if a.start < 30]) for v in videos) > 10
+    for vb, vt, vk, vn in zip(b.tolist(), t.tolist(), k.tolist(), n.tolist()):
+        kind = shapeworld.KINDS[vk]
+        assert kind in [a.kind for a in videos[vb].visible(vt)] and vt < 30
+        assert vn == videos[vb].counts(as_of=vt)[kind]  # appearances of the kind up to and including this one
+    assert max(n.tolist()) > 1  # some kind comes back
+
+
+def test_the_counter_loss_trains_its_head_and_is_logged(tmp_path):
+    torch.set_num_threads(1)
+    stage = RECIPES["smoke"][-1]
+    assert stage.counter_loss > 0
+    trainer = Trainer(tmp_path, recipe="smoke", bf16=False, model=new_packaged_model(0), start_stage=stage.name)
+    before = trainer.counter_head.weight.detach().clone()
+    trainer.run(progress=False, max_steps=2)
+    assert not torch.equal(before, trainer.counter_head.weight)
+    records = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert all(0.0 <= r["counter"] <= 1.0 for r in records)
+    resumed = Trainer(tmp_path, recipe="smoke", bf16=False)
+    assert torch.equal(resumed.counter_head.weight, trainer.counter_head.weight)  # kept in the checkpoint
+
+
+def test_run_frames_matches_one_pass_over_the_video():
+    torch.manual_seed(0)
+    model = new_packaged_model(0).eval()
+    tokens = torch.randn(2, 9, model.tokens_per_frame, model.config.lm.d_model)
+    start = prompt_state(model, 2)
+    states, at_frames = run_frames(model, tokens, [3, 4, 9], start)
+    hidden, final = model.lm.backbone(tokens.flatten(1, 2), prompt_state(model, 2))
+    torch.testing.assert_close(at_frames, hidden[:, model.tokens_per_frame - 1::model.tokens_per_frame])
+    for (conv_a, ssm_a), (conv_b, ssm_b) in zip(states[-1], final):
+        torch.testing.assert_close(conv_a, conv_b)
+        torch.testing.assert_close(ssm_a, ssm_b)

@@ -128,14 +128,20 @@ def states_at_moments(model: VideoMa2mba, tokens: torch.Tensor, moments: list[in
 
     moments: increasing frame counts; the last one is usually N.
     """
-    states, done = [], 0
+    return run_frames(model, tokens, moments, state)[0]
+
+
+def run_frames(model: VideoMa2mba, tokens: torch.Tensor, moments: list[int], state: State):
+    """states_at_moments, also returning the LM's output at each frame's last token (B, moments[-1], d)."""
+    states, outputs, done = [], [], 0
     for m in moments:
         chunk = tokens[:, done:m].flatten(1, 2)  # (B, (m - done)(1 + k), d)
         if chunk.shape[1]:
-            _, state = model.lm.backbone(chunk, state)
+            hidden, state = model.lm.backbone(chunk, state)
+            outputs.append(hidden.unflatten(1, (m - done, -1))[:, :, -1])
         states.append(state)
         done = m
-    return states
+    return states, torch.cat(outputs, 1)
 
 
 def gather_states(states: list[State], asks: list[Ask], groups: list[list[int]]) -> State:

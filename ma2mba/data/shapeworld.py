@@ -190,7 +190,7 @@ class QA:
 class Video:
     """A ShapeWorld video: `appearances` sorted by start, `scenes` covering [0, duration).
 
-    What is where: visible(t), seen(as_of), counts(as_of), scene_at(t).
+    What is where: visible(t), seen(as_of), counts(as_of), running_counts(as_of), scene_at(t).
     Pixels: render(t, w, h), render_many(times, w, h), frames(fps, w, h).
     Language: frame_caption(t), timed_captions(as_of), all_questions(as_of), questions(rng, n, kinds, as_of).
     """
@@ -228,6 +228,15 @@ class Video:
         """Appearances per kind, for all 28 kinds (zeros included)."""
         seen = Counter(a.kind for a in self.seen(as_of))
         return {kind: seen[kind] for kind in KINDS}
+
+    def running_counts(self, as_of: float | None = None) -> list[tuple[Appearance, int]]:
+        """Each appearance that started by `as_of`, with how many times its kind had appeared by then (itself included)."""
+        seen = Counter()
+        out = []
+        for a in self.seen(as_of):
+            seen[a.kind] += 1
+            out.append((a, seen[a.kind]))
+        return out
 
     def scene_at(self, t: float) -> Scene:
         return self.scenes[bisect.bisect_right(self._scene_starts, t) - 1]

@@ -29,6 +29,8 @@ p.add_argument("--steps", type=int, default=1000)
 p.add_argument("--lr", type=float, default=6e-4)
 p.add_argument("--tokens", type=int, default=2048, help="video tokens per step")
 p.add_argument("--asks", type=int, default=256, help="questions per step")
+p.add_argument("--kind-tokens", action="store_true", help="each kind ('red star') becomes one token (train.join_kind_tokens)")
+p.add_argument("--counter-loss", type=float, default=0.0, help="weight of the running-count loss (Stage.counter_loss)")
 p.add_argument("--minutes", type=float, default=None, help="pause (resumably) after this long")
 p.add_argument("--threads", type=int, default=1)
 a = p.parse_args()
@@ -36,7 +38,8 @@ torch.set_num_threads(a.threads)
 train.RECIPES["conv_width"] = [train.Stage(
     "qa_conv", "qa", steps=a.steps, lr=a.lr, lengths=tuple(int(x) for x in a.lengths.split(",")), promote_at=0.0,
     min_steps=1, replay=0.5, tokens_per_step=a.tokens, asks_per_step=a.asks, warmup=20,
-    grow_conv=a.conv if a.conv > 4 else 0, question_kinds=STALLED_WEIGHTED,
+    grow_conv=a.conv if a.conv > 4 else 0, question_kinds=STALLED_WEIGHTED, kind_tokens=a.kind_tokens,
+    counter_loss=a.counter_loss,
     checkpointing="multi_axis", checkpointing_from=512)]
 resuming = (Path(a.out) / "checkpoint.pt").exists()
 trainer = train.Trainer(a.out, recipe="conv_width", model=None if resuming else load_model(a.model), bf16=False)

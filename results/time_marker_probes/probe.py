@@ -48,23 +48,17 @@ def clock_answer(ask: str, video: shapeworld.Video, as_of: int) -> str | None:
 
 def add_clock_asks(ask: str) -> None:
     """Every (video, moment) slot of a QA batch also gets the clock question."""
-    make_batch, make_video = train.Trainer._video_batch, train.Trainer._video
-
-    def remember(self, duration):
-        video = make_video(self, duration)
-        self.batch_videos.append(video)
-        return video
+    make_batch = train.Trainer._video_batch
 
     def with_clock(self, stage, length):
-        self.batch_videos = []
-        frames, times, moments, asks = make_batch(self, stage, length)
+        frames, times, moments, asks, videos = make_batch(self, stage, length)
         for b, j in sorted({(a.video, a.moment) for a in asks}):
-            answer = clock_answer(ask, self.batch_videos[b], moments[j] - 1)
+            answer = clock_answer(ask, videos[b], moments[j] - 1)
             if answer:
                 asks.append(Ask(b, j, QUESTIONS[ask], answer, "clock"))
-        return frames, times, moments, asks
+        return frames, times, moments, asks, videos
 
-    train.Trainer._video, train.Trainer._video_batch = remember, with_clock
+    train.Trainer._video_batch = with_clock
 
 
 def marker_digits(times) -> torch.Tensor:
@@ -162,28 +156,23 @@ def use_grown_state(new: int = 128) -> None:
 def use_dense_clock(weight: float = 1.0) -> None:
     add_parameters(lambda model, config, tokenizer: setattr(
         model, "clock_head", nn.Linear(config.lm.d_model, model_module.N_TIME_FEATURES)))  # dropped after the probe
-    run_moments = train.states_at_moments
+    run_frames = train.run_frames
     kept = {}
 
-    def states_keeping_hidden(model, tokens, moments, state):
-        """The library's states_at_moments, keeping the LM's output at every frame token as well."""
-        outputs = []
-        hook = model.lm.backbone.register_forward_hook(lambda module, args, out: outputs.append(out[0]))
-        try:
-            states = run_moments(model, tokens, moments, state)
-        finally:
-            hook.remove()
-        kept["hidden"] = torch.cat(outputs, 1).unflatten(1, tokens.shape[1:3])  # (B, N, 1 + k, d)
-        return states
+    def keeping_outputs(model, tokens, moments, state):
+        """The library's run_frames, keeping its output at every frame for the clock head."""
+        states, at_frame = run_frames(model, tokens, moments, state)
+        kept["at_frame"] = at_frame
+        return states, at_frame
 
-    train.states_at_moments = states_keeping_hidden
+    train.run_frames = keeping_outputs
     answer_step = train.Trainer._answer_step
 
     def with_dense_clock(self, stage):
         loss, correct, kinds, length, n_tokens = answer_step(self, stage)
         if stage.task == "frames":
             return loss, correct, kinds, length, n_tokens
-        at_frame = kept.pop("hidden")[:, :, -1]  # (B, N, d): the output at each frame's last visual token
+        at_frame = kept.pop("at_frame")  # (B, N, d): the output at each frame's last visual token
         logits = self.model.clock_head(at_frame.float()).flatten(0, 1)
         target = marker_digits(np.arange(length)).repeat(at_frame.shape[0], 1)  # (B·N, 4)
         parts = logits.split(list(model_module.TIME_DIGITS), dim=-1)
