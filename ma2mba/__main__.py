@@ -69,7 +69,8 @@ def train(args) -> int:
 
         model = load_model(args.init)
     try:
-        trainer = Trainer(args.out, recipe=args.recipe, seed=args.seed, bf16=not args.fp32, lm=args.lm,
+        bf16 = False if args.fp32 else True if args.bf16 else None  # None: where it pays (train.bf16_pays)
+        trainer = Trainer(args.out, recipe=args.recipe, seed=args.seed, bf16=bf16, lm=args.lm,
                           device=args.device, model=model, start_stage=args.start_stage)
     except ValueError as e:  # a stage the recipe lacks, a checkpoint of another recipe
         raise SystemExit(f"error: {e}") from None
@@ -115,7 +116,11 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, default=None, help="stop (resumably) after this long")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--checkpoint-every", type=int, default=25)
-    p.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    precision.add_argument("--bf16", action="store_true",
+                           help="bf16 autocast even where it does not pay (default: on a GPU with bf16, or a CPU with "
+                                "native bf16 instructions)")
     p.add_argument("--lm", default="mamba2", choices=("mamba2", "transformer"),
                    help="transformer: the baseline of ma2mba/baselines.py, same size (the checkpoint remembers it)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (a checkpoint resumes on either)")

@@ -243,6 +243,16 @@ def is_timescale(name: str) -> bool:
     return name.endswith(("A_log", "dt_bias"))
 
 
+def bf16_pays(device) -> bool:
+    """Whether bf16 autocast speeds training up on `device`: on a GPU that has bf16, and on a CPU with native
+    bf16 instructions (AVX512-BF16 or AMX). On a plain AVX2 CPU the bf16 kernels emulate it, and a QA step
+    of the shapes recipe ran 6x slower under autocast than in fp32 (benchmarks/train_precision.py)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def make_optimizer(named_params, lr: float, timescale_lr: float = 1.0) -> torch.optim.Optimizer:
     """AdamW; each group's "lr_scale" multiplies the schedule's learning rate (train_step applies it)."""
     decay, other, timescale = [], [], []
@@ -259,16 +269,17 @@ def make_optimizer(named_params, lr: float, timescale_lr: float = 1.0) -> torch.
 
 
 class Trainer:
-    def __init__(self, out_dir, recipe: str = "shapes", seed: int = 0, bf16: bool = True, model=None,
+    def __init__(self, out_dir, recipe: str = "shapes", seed: int = 0, bf16: bool | None = None, model=None,
                  lm: str = "mamba2", device="cpu", start_stage: str | None = None):
-        """start_stage: a new run begins at this stage of the recipe, taking `model` as the earlier stages'
+        """bf16: autocast on or off; None turns it on where it pays (bf16_pays).
+        start_stage: a new run begins at this stage of the recipe, taking `model` as the earlier stages'
         result (a run resumed from its checkpoint continues where it stopped instead)."""
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.recipe_name = recipe
         self.stages = RECIPES[recipe]
         self.seed = seed
-        self.bf16 = bf16
+        self.bf16 = bf16_pays(device) if bf16 is None else bf16
         self.device = torch.device(device)
         self.model = (model if model is not None else new_packaged_model(seed, lm)).to(self.device)
         # Stage 0's temporary classifier: which of the 28 kinds a frame shows (not part of the model).
@@ -508,8 +519,12 @@ class Trainer:
             log.close()
             signal.signal(signal.SIGTERM, previous)
         if self.stage_index >= len(self.stages):
-            self.model.lm.set_checkpointing("none")
-            self.model.eval().save_pretrained(self.out / "model")
+            self.export(self.out / "model")
+
+    def export(self, folder) -> None:
+        """Save the model as it stands (mid-recipe too) as a model folder, for `ma2mba eval --model`."""
+        self.model.lm.set_checkpointing("none")
+        self.model.eval().save_pretrained(folder)
 
     # --- checkpoints ---
     def save_checkpoint(self) -> None:

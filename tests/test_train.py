@@ -172,3 +172,15 @@ def test_run_frames_matches_one_pass_over_the_video():
     for (conv_a, ssm_a), (conv_b, ssm_b) in zip(states[-1], final):
         torch.testing.assert_close(conv_a, conv_b)
         torch.testing.assert_close(ssm_a, ssm_b)
+
+
+def test_autocast_defaults_to_where_bf16_pays(tmp_path):
+    """Without native bf16 a CPU emulates it and autocast slows training (benchmarks/train_precision.py):
+    the default follows the hardware, and an explicit choice wins."""
+    from ma2mba.train import bf16_pays
+
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert bf16_pays("cpu") == native
+    assert Trainer(tmp_path / "auto", recipe="smoke").bf16 == native
+    assert Trainer(tmp_path / "on", recipe="smoke", bf16=True).bf16 is True
+    assert Trainer(tmp_path / "off", recipe="smoke", bf16=False).bf16 is False

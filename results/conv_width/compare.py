@@ -45,16 +45,21 @@ def table(runs: dict, window=50):
             print(f"  steps {lo:4d}-{lo + window:4d} {name:>17}: {cells} loss={loss:.3f} lengths {lengths}")
 
 
-print("Fine-tuning the shipped model on 32-s clips (lr 6e-4), its convolution kept at 4 or widened to 12:")
-table({"conv 4": rows(HERE / "log_finetune_conv4.jsonl.gz"), "conv 12 (grown)": rows(HERE / "log_finetune_conv12.jsonl.gz")})
-relearn = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "log_relearn_conv12.jsonl.gz"
-counter = Path(sys.argv[2]) if len(sys.argv) > 2 else HERE.parent / "counter_loss" / "log_relearn_conv12_counter.jsonl.gz"
-if relearn.exists():
-    shipped = HERE.parent / "train_shapes_log.jsonl.gz"
-    for stage in ("captions", "qa"):
-        print(f"\nStage {stage} of the shapes recipe, the shipped run (conv 4) and the LM relearnt with conv 12"
-              + (", without and with the counter loss:" if counter.exists() else ":"))
-        runs = {"shipped, conv 4": rows(shipped, stage), "relearnt, conv 12": rows(relearn, stage)}
-        if counter.exists():
-            runs["+ counter loss"] = rows(counter, stage)
-        table(runs)
+def main():
+    print("Fine-tuning the shipped model on 32-s clips (lr 6e-4), its convolution kept at 4 or widened to 12:")
+    table({"conv 4": rows(HERE / "log_finetune_conv4.jsonl.gz"), "conv 12 (grown)": rows(HERE / "log_finetune_conv12.jsonl.gz")})
+    relearn = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "log_relearn_conv12.jsonl.gz"
+    counter = Path(sys.argv[2]) if len(sys.argv) > 2 else HERE.parent / "counter_loss" / "log_relearn_conv12_counter.jsonl.gz"
+    if relearn.exists():
+        shipped = HERE.parent / "train_shapes_log.jsonl.gz"
+        for stage in ("captions", "qa"):
+            print(f"\nStage {stage} of the shapes recipe, the shipped run (conv 4) and the LM relearnt with conv 12"
+                  + (", without and with the counter loss:" if counter.exists() else ":"))
+            runs = {"shipped, conv 4": rows(shipped, stage), "relearnt, conv 12": rows(relearn, stage)}
+            if counter.exists():
+                runs["+ counter loss"] = rows(counter, stage)
+            table(runs)
+
+
+if __name__ == "__main__":
+    main()

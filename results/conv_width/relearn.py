@@ -51,8 +51,7 @@ if not (Path(a.out) / "checkpoint.pt").exists():
     model.vision.load_state_dict(shipped.vision.state_dict())
 trainer = train.Trainer(a.out, recipe=recipe, model=model, start_stage="align", bf16=False)
 if a.export:
-    trainer.model.lm.set_checkpointing("none")
-    trainer.model.eval().save_pretrained(a.export)
+    trainer.export(a.export)
     print(f"stage {trainer.stage.name}, step {trainer.step} -> {a.export}")
 else:
     trainer.run(checkpoint_every=25, progress=False, max_minutes=a.minutes)
