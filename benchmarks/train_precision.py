@@ -13,6 +13,7 @@ Prints a table and writes results/train_precision.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -43,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     stage = next(s for s in train.RECIPES["shapes"] if s.name == "qa")
-    stage = train.dataclasses.replace(stage, replay=0.0)
+    stage = dataclasses.replace(stage, replay=0.0)
     trainers = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, bf16 in (("fp32", False), ("bf16", True)):

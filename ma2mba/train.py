@@ -246,7 +246,7 @@ def is_timescale(name: str) -> bool:
 def bf16_pays(device) -> bool:
     """Whether bf16 autocast speeds training up on `device`: on a GPU that has bf16, and on a CPU with native
     bf16 instructions (AVX512-BF16 or AMX). On a plain AVX2 CPU the bf16 kernels emulate it, and a QA step
-    of the shapes recipe ran 6x slower under autocast than in fp32 (benchmarks/train_precision.py)."""
+    of the shapes recipe ran 5.7x slower under autocast than in fp32 (benchmarks/train_precision.py)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
