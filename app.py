@@ -3,7 +3,7 @@
     python app.py            # serves on 0.0.0.0:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)
 
 This file only wires widgets to the ma2mba API: decoding (ma2mba.video), streaming sessions
-(ma2mba.session), the example clips (ma2mba.examples) and the Memory lab (ma2mba.lab).
+(ma2mba.serving), the example clips (ma2mba.packaged.examples) and the Memory lab (ma2mba.memory_lab).
 Settings come from environment variables (see SETTINGS below and docs/app.md).
 """
 
@@ -21,14 +21,14 @@ import gradio as gr
 import pandas as pd
 import torch
 
-from ma2mba import lab
-from ma2mba.examples import DECODE_MAX_SIDE, EXAMPLES_DIR, find_example, ground_truth, load_examples
-from ma2mba.hub import PACKAGED_MODEL_DIR, ModelNotFoundError, find_weights
-from ma2mba.lm import count_parameters
-from ma2mba.model import load_model
-from ma2mba.session import RewindError
-from ma2mba.tokenizer import QuestionTooLongError
-from ma2mba.video import VideoError, frame_source, probe, sample_frames
+from ma2mba import memory_lab as lab
+from ma2mba.engine.lm import count_parameters
+from ma2mba.hub import ModelNotFoundError
+from ma2mba.packaged import PACKAGED_MODEL_DIR, load_model
+from ma2mba.packaged.examples import DECODE_MAX_SIDE, EXAMPLES_DIR, find_example, ground_truth, load_examples
+from ma2mba.serving.session import RewindError
+from ma2mba.video.decode import VideoError, frame_source, probe, sample_frames
+from ma2mba.video.tokenizer import QuestionTooLongError
 
 
 def _env(name: str, default, kind=int):
@@ -52,8 +52,12 @@ SETTINGS = dict(
 UI_UPDATES_PER_SECOND = 8  # ingestion runs as fast as it can; the page is refreshed this often
 PACES = {"fastest": 0.0, "10× real time": 0.1, "real time": 1.0}  # wall seconds per video second
 MAX_QUESTION_CHARS = 500
-GENERIC_QUESTIONS = ["What shape appeared first?", "What was the last shape to appear?",
-                     "How many times did a red circle appear?", "Describe the recent events."]
+GENERIC_QUESTIONS = [
+    "What shape appeared first?",
+    "What was the last shape to appear?",
+    "How many times did a red circle appear?",
+    "Describe the recent events.",
+]
 N_SUGGESTIONS = 4
 PAPER = lab.PRESETS["paper 2.7B"]
 PAPER_STATE_BYTES = lab.state_bytes(PAPER.lm, PAPER.dtype)
@@ -68,13 +72,19 @@ EXAMPLES = load_examples()
 
 class Models:
     def __init__(self, keep: int = 1):
-        self.packaged = load_model()
+        # A packaged model that cannot be loaded keeps the app up, saying why on every tab (never random weights).
+        try:
+            self.packaged, self.packaged_error = load_model(), None
+        except ModelNotFoundError as e:
+            self.packaged, self.packaged_error = None, str(e)
         self.loaded: OrderedDict = OrderedDict()
         self.keep = keep
         self.lock = threading.Lock()
 
     def get(self, name: str | None):
         if not name:
+            if self.packaged is None:
+                raise ModelNotFoundError(f"The packaged model could not be loaded: {self.packaged_error}")
             return self.packaged
         with self.lock:
             if name not in self.loaded:
@@ -93,12 +103,8 @@ class Models:
 MODELS = Models()
 
 
-def packaged_is_trained() -> bool:
-    try:
-        find_weights(PACKAGED_MODEL_DIR)
-        return True
-    except ModelNotFoundError:
-        return False
+def packaged_is_loaded() -> bool:
+    return MODELS.packaged is not None
 
 
 # --- formatting ---
@@ -147,8 +153,11 @@ def progress_html(viewer: Viewer, state: str) -> str:
     share = min(1.0, watched / total) if total else 0.0
     wall = max(time.perf_counter() - viewer.started, 1e-6)
     model_ms = s["ms_per_frame"] or 0.0
-    speed = (f"{s['frames'] / wall:.0f} frames/s watched · {model_ms:.0f} ms per frame in the model"
-             if s["frames"] else "starting…")
+    speed = (
+        f"{s['frames'] / wall:.0f} frames/s watched · {model_ms:.0f} ms per frame in the model"
+        if s["frames"]
+        else "starting…"
+    )
     return (
         f"<div id='watch-progress' data-frames='{s['frames']}' data-state='{state}'>"
         f"<b>{html.escape(state)}</b> · <span class='clock'>{fmt_clock(s['seconds_watched'])}"
@@ -170,9 +179,11 @@ def memory_html(viewer: Viewer) -> str:
     paper_kv = lab.kv_cache_bytes(PAPER.lm, paper_tokens, bytes_per_value=2)
 
     def bar(label, n, color, note):
-        return (f"<div class='mem-row'><span class='mem-label'>{label}<br><small>{note}</small></span>"
-                f"<span class='mem-track'><span class='mem-bar' style='width:{max(0.5, 100 * n / top):.1f}%;"
-                f"background:{color}'></span></span><span class='mem-value'>{fmt_bytes(n)}</span></div>")
+        return (
+            f"<div class='mem-row'><span class='mem-label'>{label}<br><small>{note}</small></span>"
+            f"<span class='mem-track'><span class='mem-bar' style='width:{max(0.5, 100 * n / top):.1f}%;"
+            f"background:{color}'></span></span><span class='mem-value'>{fmt_bytes(n)}</span></div>"
+        )
 
     return (
         f"<div id='watch-memory' data-state-bytes='{state}' data-kv-bytes='{kv}'>"
@@ -185,15 +196,21 @@ def memory_html(viewer: Viewer) -> str:
 
 def suggestion_updates(questions: list[str]):
     shown = questions[:N_SUGGESTIONS]
-    return [gr.Button(value=q, visible=True) for q in shown] + \
-           [gr.Button(visible=False)] * (N_SUGGESTIONS - len(shown))
+    return [gr.Button(value=q, visible=True) for q in shown] + [gr.Button(visible=False)] * (N_SUGGESTIONS - len(shown))
 
 
 def watch(video_path, pace, model_name):
     """Decode at 1 FPS and stream every frame into a new session, refreshing the page as it goes."""
     if not video_path:
-        yield None, None, "<div id='watch-progress'>Upload a video or pick an example.</div>", "", \
-            gr.Slider(maximum=1, value=1), [], *suggestion_updates([])
+        yield (
+            None,
+            None,
+            "<div id='watch-progress'>Upload a video or pick an example.</div>",
+            "",
+            gr.Slider(maximum=1, value=1),
+            [],
+            *suggestion_updates([]),
+        )
         return
     try:
         info = probe(video_path, max_seconds=SETTINGS["max_video_seconds"], max_bytes=SETTINGS["max_upload_mb"] << 20)
@@ -201,15 +218,28 @@ def watch(video_path, pace, model_name):
     except (VideoError, ModelNotFoundError) as e:
         raise user_error(e) from None
     example = find_example(video_path, EXAMPLES)
-    session = model.start_session(frame_source=frame_source(
-        video_path, max_seconds=SETTINGS["max_video_seconds"], max_side=DECODE_MAX_SIDE))
+    session = model.start_session(
+        frame_source=frame_source(video_path, max_seconds=SETTINGS["max_video_seconds"], max_side=DECODE_MAX_SIDE)
+    )
     viewer = Viewer(session, video_path, info.duration, example, model_name)
     questions = [q["question"] for q in example["questions"]] if example else GENERIC_QUESTIONS
-    yield (viewer, None, progress_html(viewer, "Watching"), memory_html(viewer),
-           gr.Slider(maximum=1, value=1), [], *suggestion_updates(questions))
+    yield (
+        viewer,
+        None,
+        progress_html(viewer, "Watching"),
+        memory_html(viewer),
+        gr.Slider(maximum=1, value=1),
+        [],
+        *suggestion_updates(questions),
+    )
 
-    frames = sample_frames(video_path, fps=1.0, max_seconds=SETTINGS["max_video_seconds"],
-                           max_bytes=SETTINGS["max_upload_mb"] << 20, max_side=DECODE_MAX_SIDE)
+    frames = sample_frames(
+        video_path,
+        fps=1.0,
+        max_seconds=SETTINGS["max_video_seconds"],
+        max_bytes=SETTINGS["max_upload_mb"] << 20,
+        max_side=DECODE_MAX_SIDE,
+    )
     last_update = 0.0
     try:
         for t, frame in frames:
@@ -220,23 +250,39 @@ def watch(video_path, pace, model_name):
                 time.sleep(delay)
             if time.perf_counter() - last_update >= 1 / UI_UPDATES_PER_SECOND:
                 last_update = time.perf_counter()
-                yield (gr.skip(), frame, progress_html(viewer, "Watching"), memory_html(viewer),
-                       gr.Slider(maximum=max(1, t), value=t), gr.skip(), *[gr.skip()] * N_SUGGESTIONS)
+                yield (
+                    gr.skip(),
+                    frame,
+                    progress_html(viewer, "Watching"),
+                    memory_html(viewer),
+                    gr.Slider(maximum=max(1, t), value=t),
+                    gr.skip(),
+                    *[gr.skip()] * N_SUGGESTIONS,
+                )
     except VideoError as e:
         raise user_error(f"Stopped after {session.frames} frames: {e}") from None
     finally:
         frames.close()
     end = max(1, session.last_t)
-    yield (gr.skip(), gr.skip(), progress_html(viewer, "Done — ask away"), memory_html(viewer),
-           gr.Slider(maximum=end, value=end), gr.skip(), *[gr.skip()] * N_SUGGESTIONS)
+    yield (
+        gr.skip(),
+        gr.skip(),
+        progress_html(viewer, "Done — ask away"),
+        memory_html(viewer),
+        gr.Slider(maximum=end, value=end),
+        gr.skip(),
+        *[gr.skip()] * N_SUGGESTIONS,
+    )
 
 
 def stopped(viewer):
     if viewer is None:
         return gr.skip(), gr.skip()
     end = max(1, viewer.session.last_t)
-    return (progress_html(viewer, f"Stopped at {fmt_clock(viewer.session.last_t)} — ask about what was seen"),
-            gr.Slider(maximum=end, value=end))
+    return (
+        progress_html(viewer, f"Stopped at {fmt_clock(viewer.session.last_t)} — ask about what was seen"),
+        gr.Slider(maximum=end, value=end),
+    )
 
 
 def ask(question, viewer, as_of, follow_up, temperature, max_new_tokens):
@@ -250,8 +296,13 @@ def ask(question, viewer, as_of, follow_up, temperature, max_new_tokens):
     at = None if as_of is None or as_of >= session.last_t else float(as_of)
     try:
         with viewer.lock:
-            pieces = session.ask(question, at=at, follow_up=bool(follow_up), temperature=float(temperature),
-                                 max_new_tokens=int(max_new_tokens))
+            pieces = session.ask(
+                question,
+                at=at,
+                follow_up=bool(follow_up),
+                temperature=float(temperature),
+                max_new_tokens=int(max_new_tokens),
+            )
     except (QuestionTooLongError, RewindError, VideoError) as e:
         raise user_error(e) from None
     asked = question + (f"  \n*(as of {fmt_clock(at)})*" if at is not None else "")
@@ -269,7 +320,9 @@ def ask(question, viewer, as_of, follow_up, temperature, max_new_tokens):
         truth = ground_truth(viewer.example, question, session.last_t if at is None else at)
         if truth is not None:
             ok = answer["content"].lower() == truth
-            viewer.history.append({"role": "assistant", "content": f"{'✓' if ok else '✗'} ShapeWorld's answer: **{truth}**"})
+            viewer.history.append(
+                {"role": "assistant", "content": f"{'✓' if ok else '✗'} ShapeWorld's answer: **{truth}**"}
+            )
     yield viewer.history, gr.skip()
 
 
@@ -286,14 +339,18 @@ TRAINABLE_PRESETS = [name for name, p in lab.PRESETS.items() if p.trainable]
 # Fixed colours: the plots' colour scales then know every mode before its first point arrives.
 MODE_COLORS = dict(zip(lab.MODE_LABELS.values(), ("#dc2626", "#f59e0b", "#2563eb", "#16a34a")))
 PREDICTED_COLORS = dict(zip(lab.MODE_LABELS.values(), ("#fca5a5", "#fcd34d", "#93c5fd", "#86efac")))
-SWEEP_COLORS = {**{f"{mode} · measured": c for mode, c in MODE_COLORS.items()},
-                **{f"{mode} · predicted": c for mode, c in PREDICTED_COLORS.items()}}
+SWEEP_COLORS = {
+    **{f"{mode} · measured": c for mode, c in MODE_COLORS.items()},
+    **{f"{mode} · predicted": c for mode, c in PREDICTED_COLORS.items()},
+}
 
 
 def legend_html(colors: dict, note: str = "") -> str:
     """The plots' legend, drawn here: gradio's LinePlot cuts its own legend off below the axis."""
-    items = "".join(f"<span style='margin-right:14px'><span style='color:{c}'>■</span> {html.escape(label)}</span>"
-                    for label, c in colors.items())
+    items = "".join(
+        f"<span style='margin-right:14px'><span style='color:{c}'>■</span> {html.escape(label)}</span>"
+        for label, c in colors.items()
+    )
     return f"<div class='legend'>{items}{note}</div>"
 
 
@@ -303,25 +360,36 @@ def legend_only(x: str, y: str, color: str, labels) -> pd.DataFrame:
     return pd.DataFrame({x: [float("nan")] * len(labels), y: float("nan"), color: list(labels)})
 
 
-SUMMARY_COLUMNS = ["mode", "peak MiB (measured)", "peak MiB (planner)", "s / step", "recompute overhead",
-                   "planner (l, s)", "note"]
+SUMMARY_COLUMNS = [
+    "mode",
+    "peak MiB (measured)",
+    "peak MiB (planner)",
+    "s / step",
+    "recompute overhead",
+    "planner (l, s)",
+    "note",
+]
 
 
 def summary_frame(summaries, preset) -> pd.DataFrame:
     overhead = lab.recompute_overhead(summaries)
     rows = []
     for s in summaries:
-        grid = (f"l={s.layers_per_block}{' (all)' if s.layers_per_block >= preset.lm.n_layer else ''}, "
-                f"s={s.tokens_per_segment}{' (all)' if s.tokens_per_segment >= s.tokens else ''}")
-        rows.append([
-            lab.MODE_LABELS[s.mode],
-            round(s.peak_bytes / 2**20, 1) if s.peak_bytes else None,
-            round(s.predicted_bytes / 2**20, 1),
-            round(s.seconds_per_step, 3) if s.seconds_per_step else None,
-            f"{overhead[s.mode]:+.0%}" if s.mode in overhead else "—",
-            grid,
-            s.skipped or f"{s.tokens} tokens",
-        ])
+        grid = (
+            f"l={s.layers_per_block}{' (all)' if s.layers_per_block >= preset.lm.n_layer else ''}, "
+            f"s={s.tokens_per_segment}{' (all)' if s.tokens_per_segment >= s.tokens else ''}"
+        )
+        rows.append(
+            [
+                lab.MODE_LABELS[s.mode],
+                round(s.peak_bytes / 2**20, 1) if s.peak_bytes else None,
+                round(s.predicted_bytes / 2**20, 1),
+                round(s.seconds_per_step, 3) if s.seconds_per_step else None,
+                f"{overhead[s.mode]:+.0%}" if s.mode in overhead else "—",
+                grid,
+                s.skipped or f"{s.tokens} tokens",
+            ]
+        )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -338,21 +406,30 @@ def lab_train(modes, clip_seconds, preset_name, steps):
                 losses.append({"mode": label, "step": event.step + 1, "loss": event.loss})
                 if event.timeline:
                     n = len(event.timeline)
-                    timeline += [{"mode": label, "step progress (%)": round(100 * i / max(1, n - 1), 2),
-                                  "live MiB": b / 2**20} for i, b in enumerate(event.timeline)]
+                    timeline += [
+                        {"mode": label, "step progress (%)": round(100 * i / max(1, n - 1), 2), "live MiB": b / 2**20}
+                        for i, b in enumerate(event.timeline)
+                    ]
                 status = f"Training **{label}**: step {event.step + 1}/{int(steps)}, loss {event.loss:.4f}"
             else:
                 summaries.append(event)
                 status = f"**{label}** skipped: {event.skipped}" if event.skipped else f"**{label}** done"
-            yield (pd.DataFrame(timeline, columns=["mode", "step progress (%)", "live MiB"]),
-                   pd.DataFrame(losses, columns=["mode", "step", "loss"]), summary_frame(summaries, preset), status)
+            yield (
+                pd.DataFrame(timeline, columns=["mode", "step progress (%)", "live MiB"]),
+                pd.DataFrame(losses, columns=["mode", "step", "loss"]),
+                summary_frame(summaries, preset),
+                status,
+            )
     except lab.LabError as e:
         raise user_error(e) from None
     ran = [s for s in summaries if s.losses]
     if len(ran) > 1:
         gap = max(abs(a - b) for s in ran for a, b in zip(s.losses, ran[0].losses))
-        verdict = (f"Done. Losses agree across modes to {gap:.1e}: checkpointing recomputes exactly."
-                   if gap <= 1e-4 * max(ran[0].losses) else f"Done. Losses differ by up to {gap:.2e}.")
+        verdict = (
+            f"Done. Losses agree across modes to {gap:.1e}: checkpointing recomputes exactly."
+            if gap <= 1e-4 * max(ran[0].losses)
+            else f"Done. Losses differ by up to {gap:.2e}."
+        )
     else:
         verdict = "Done."
     yield gr.skip(), gr.skip(), gr.skip(), verdict
@@ -370,7 +447,10 @@ def lab_sweep(modes, preset_name):
             yield pd.DataFrame(rows), f"Measured {p.seconds} s clips ({p.tokens} tokens) with {label}"
     except lab.LabError as e:
         raise user_error(e) from None
-    yield gr.skip(), "Sweep done: one forward + backward per point, measured by ma2mba.memory; predicted by the planner."
+    yield (
+        gr.skip(),
+        "Sweep done: one forward + backward per point, measured by ma2mba.memory; predicted by the planner.",
+    )
 
 
 REACH_COLUMNS = ["mode", "longest sequence (tokens)", "longest clip at 1 FPS"]
@@ -381,34 +461,33 @@ def lab_budget(budget_gib, preset_name):
         reach = lab.longest_clips(preset_name, float(budget_gib or 0) * 2**30)
     except lab.LabError as e:
         raise user_error(e) from None
-    return pd.DataFrame([[lab.MODE_LABELS[r.mode], r.tokens, fmt_clock(r.seconds) if r.seconds else "—"] for r in reach],
-                        columns=REACH_COLUMNS)
+    return pd.DataFrame(
+        [[lab.MODE_LABELS[r.mode], r.tokens, fmt_clock(r.seconds) if r.seconds else "—"] for r in reach],
+        columns=REACH_COLUMNS,
+    )
 
 
 # --- Model tab ---
 
 
 def model_card(model_name) -> str:
-    model = MODELS.get(model_name) if model_name else MODELS.packaged
+    if not model_name and not packaged_is_loaded():
+        return f"### The packaged model (ma2mba-shapes)\n\n⚠ It could not be loaded: {MODELS.packaged_error}\n"
+    model = MODELS.get(model_name)
     folder = Path(model_name) if model_name and Path(model_name).is_dir() else PACKAGED_MODEL_DIR
     card = folder / "README.md"
     cfg = model.config
-    facts = (f"| | this model |\n|---|---|\n| language model | Mamba-2, {cfg.lm.n_layer} layers × d_model {cfg.lm.d_model}, "
-             f"d_state {cfg.lm.ssm.d_state} |\n| frame encoder | {cfg.vision.kind}, {model.tokens_per_frame} tokens per frame "
-             f"(time marker + {model.tokens_per_frame - 1}) |\n| parameters | {count_parameters(model) / 1e6:.2f} M |\n"
-             f"| recurrent state | {fmt_bytes(lab.state_bytes(cfg.lm))}, whatever the video's length |\n")
+    facts = (
+        f"| | this model |\n|---|---|\n| language model | Mamba-2, {cfg.lm.n_layer} layers × d_model {cfg.lm.d_model}, "
+        f"d_state {cfg.lm.ssm.d_state} |\n| frame encoder | {cfg.vision.kind}, {model.tokens_per_frame} tokens per frame "
+        f"(time marker + {model.tokens_per_frame - 1}) |\n| parameters | {count_parameters(model) / 1e6:.2f} M |\n"
+        f"| recurrent state | {fmt_bytes(lab.state_bytes(cfg.lm))}, whatever the video's length |\n"
+    )
     if model_name:
         head = f"### {model_name}\n\n"
         body = card.read_text() if card.is_file() else "This model folder has no README.md model card."
-    elif packaged_is_trained():
-        head, body = "### The packaged model (ma2mba-shapes)\n\n", card.read_text() if card.is_file() else ""
     else:
-        head = "### The packaged model (ma2mba-shapes): untrained preview\n\n"
-        body = ("The trained weights are not in `assets/ma2mba-shapes` yet, so this Space runs the packaged "
-                "architecture with **seeded random weights**: answers are gibberish until the trained model lands. "
-                "Everything else (decoding, streaming, rewind, the memory comparison and the Memory lab) is real.\n\n"
-                "It is trained with `python -m ma2mba train --recipe shapes` on ShapeWorld: procedural videos of "
-                "coloured shapes, with questions about counts, order, presence and timing.")
+        head, body = "### The packaged model (ma2mba-shapes)\n\n", card.read_text() if card.is_file() else ""
     return head + facts + "\n" + body
 
 
@@ -458,51 +537,75 @@ so you can then ask any number of questions, or rewind and ask about an earlier 
 """
 
 
-UNTRAINED_NOTE = """
-**Preview:** the trained weights of the packaged model are not here yet, so it runs with random weights and its
-answers are gibberish. Decoding, streaming, rewind, the memory comparison and the Memory lab are all real.
-"""
+def packaged_error_note() -> str:
+    return (
+        f"\n**⚠ The packaged model could not be loaded**, so Watch & chat has no model until one is loaded in the "
+        f"Model tab: {html.escape(MODELS.packaged_error or '')}\n"
+    )
 
 
 def line_plot(x: str, y: str, color: str, colors: dict, elem_id: str, label: str) -> gr.LinePlot:
-    return gr.LinePlot(legend_only(x, y, color, colors), x=x, y=y, color=color, color_map=colors,
-                       colors_in_legend=[], height=360, label=label, elem_id=elem_id)
+    return gr.LinePlot(
+        legend_only(x, y, color, colors),
+        x=x,
+        y=y,
+        color=color,
+        color_map=colors,
+        colors_in_legend=[],
+        height=360,
+        label=label,
+        elem_id=elem_id,
+    )
 
 
 def build_demo() -> gr.Blocks:
-    with gr.Blocks(title="ma²mba", delete_cache=(SETTINGS["upload_clean_every_s"], SETTINGS["upload_max_age_s"])) as demo:
+    with gr.Blocks(
+        title="ma²mba", delete_cache=(SETTINGS["upload_clean_every_s"], SETTINGS["upload_max_age_s"])
+    ) as demo:
         viewer = gr.State(None, time_to_live=SETTINGS["upload_max_age_s"])
         model_name = gr.State(None)
-        gr.Markdown(INTRO if packaged_is_trained() else INTRO + UNTRAINED_NOTE)
+        gr.Markdown(INTRO if packaged_is_loaded() else INTRO + packaged_error_note())
         with gr.Tab("Watch & chat"):
             with gr.Row():
                 with gr.Column(scale=5):
                     video = gr.Video(sources=["upload"], label="Video (mp4, webm, mov)", height=300)
                     if EXAMPLES:
-                        gr.Examples([[e["path"]] for e in EXAMPLES], inputs=[video], cache_examples=False,
-                                    label="ShapeWorld examples (the packaged model's world)",
-                                    example_labels=[f"{e['file']} · {e['width']}×{e['height']}" for e in EXAMPLES])
+                        gr.Examples(
+                            [[e["path"]] for e in EXAMPLES],
+                            inputs=[video],
+                            cache_examples=False,
+                            label="ShapeWorld examples (the packaged model's world)",
+                            example_labels=[f"{e['file']} · {e['width']}×{e['height']}" for e in EXAMPLES],
+                        )
                     with gr.Row():
                         pace = gr.Radio(list(PACES), value="fastest", label="Pace", scale=3)
                         stop = gr.Button("■ Stop", variant="stop", scale=1, elem_id="stop-watch")
                 with gr.Column(scale=4):
-                    frame = gr.Image(label="Now watching", height=200, interactive=False, format="jpeg",
-                                     elem_id="now-watching")
+                    frame = gr.Image(
+                        label="Now watching", height=200, interactive=False, format="jpeg", elem_id="now-watching"
+                    )
                     progress = gr.HTML("<div id='watch-progress'>Upload a video or pick an example.</div>")
                     memory = gr.HTML("")
             with gr.Row():
                 with gr.Column(scale=5):
                     chatbot = gr.Chatbot(label="Chat", height=360, elem_id="chat", buttons=["copy"])
                     with gr.Row():
-                        question = gr.Textbox(placeholder="Ask about the video…", show_label=False, scale=5,
-                                              max_length=MAX_QUESTION_CHARS, elem_id="question")
+                        question = gr.Textbox(
+                            placeholder="Ask about the video…",
+                            show_label=False,
+                            scale=5,
+                            max_length=MAX_QUESTION_CHARS,
+                            elem_id="question",
+                        )
                         send = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
                 with gr.Column(scale=3):
                     gr.Markdown("**Suggested questions** (one click each)")
-                    suggestions = [gr.Button(visible=False, size="sm", elem_classes="suggestion")
-                                   for _ in range(N_SUGGESTIONS)]
-                    as_of = gr.Slider(0, 1, value=1, step=1, label="As of (seconds): drag back to rewind",
-                                      elem_id="as-of")
+                    suggestions = [
+                        gr.Button(visible=False, size="sm", elem_classes="suggestion") for _ in range(N_SUGGESTIONS)
+                    ]
+                    as_of = gr.Slider(
+                        0, 1, value=1, step=1, label="As of (seconds): drag back to rewind", elem_id="as-of"
+                    )
                     follow_up = gr.Checkbox(False, label="Follow-up: continue the conversation")
                     with gr.Accordion("Sampling", open=False):
                         temperature = gr.Slider(0, 1.5, value=0, step=0.05, label="Temperature (0: greedy)")
@@ -510,14 +613,19 @@ def build_demo() -> gr.Blocks:
                     clear = gr.Button("Clear chat", size="sm")
 
             watch_event = video.change(
-                watch, [video, pace, model_name],
+                watch,
+                [video, pace, model_name],
                 [viewer, frame, progress, memory, as_of, chatbot, *suggestions],
-                api_name="watch", concurrency_limit=SETTINGS["watch_concurrency"], concurrency_id="watch",
-                show_progress="hidden")
+                api_name="watch",
+                concurrency_limit=SETTINGS["watch_concurrency"],
+                concurrency_id="watch",
+                show_progress="hidden",
+            )
             stop.click(stopped, [viewer], [progress, as_of], cancels=[watch_event], api_name="stop")
             ask_inputs = [viewer, as_of, follow_up, temperature, max_new_tokens]
-            chat_args = dict(concurrency_limit=SETTINGS["chat_concurrency"], concurrency_id="chat",
-                             show_progress="hidden")
+            chat_args = dict(
+                concurrency_limit=SETTINGS["chat_concurrency"], concurrency_id="chat", show_progress="hidden"
+            )
             send.click(ask, [question, *ask_inputs], [chatbot, question], api_name="ask", **chat_args)
             question.submit(ask, [question, *ask_inputs], [chatbot, question], api_visibility="private", **chat_args)
             for button in suggestions:
@@ -530,48 +638,82 @@ def build_demo() -> gr.Blocks:
                 "and watch where the memory goes. **none** keeps every activation; **per-layer** keeps each layer's "
                 "input; **√L** every √L-th; **MA-GC** (the paper's multi-axis checkpointing) also cuts the sequence "
                 "into segments and keeps each layer's recurrent state between them. Same weights, same clips: "
-                "identical loss curves show that checkpointing changes memory, never the result.")
+                "identical loss curves show that checkpointing changes memory, never the result."
+            )
             with gr.Row():
                 lab_modes = gr.CheckboxGroup(MODE_CHOICES, value=list(lab.MODES), label="Modes to compare")
                 lab_preset = gr.Radio(TRAINABLE_PRESETS, value="packaged", label="Model size")
             with gr.Row():
-                lab_seconds = gr.Slider(8, LIMITS.max_clip_seconds, value=60, step=1, label="Clip length (seconds at 1 FPS)")
+                lab_seconds = gr.Slider(
+                    8, LIMITS.max_clip_seconds, value=60, step=1, label="Clip length (seconds at 1 FPS)"
+                )
                 lab_steps = gr.Slider(1, LIMITS.max_steps, value=3, step=1, label="Training steps")
             with gr.Row():
                 train_btn = gr.Button("Train", variant="primary", elem_id="lab-train")
                 sweep_btn = gr.Button("Sweep lengths", elem_id="lab-sweep")
                 cancel = gr.Button("Cancel", variant="stop", elem_id="lab-cancel")
-            caps = ", ".join(f"{lab.longest_trainable_clip(lab.PRESETS[name], LIMITS)} s ({name})"
-                             for name in TRAINABLE_PRESETS)
+            caps = ", ".join(
+                f"{lab.longest_trainable_clip(lab.PRESETS[name], LIMITS)} s ({name})" for name in TRAINABLE_PRESETS
+            )
             lab_status = gr.Markdown(
                 f"Guardrails for a small CPU Space: clips up to {caps}, {LIMITS.max_steps} steps; a mode predicted "
                 f"to need more than {fmt_bytes(LIMITS.max_peak_bytes)} of activations is skipped; one lab run at a "
-                "time.", elem_id="lab-status")
+                "time.",
+                elem_id="lab-status",
+            )
             gr.HTML(legend_html(MODE_COLORS))
             with gr.Row():
-                timeline_plot = line_plot("step progress (%)", "live MiB", "mode", MODE_COLORS, "lab-timeline",
-                                          "Memory over one training step (forward, then backward)")
-                loss_plot = line_plot("step", "loss", "mode", MODE_COLORS, "lab-loss",
-                                      "Loss per mode (the lines lie on top of each other when checkpointing is exact)")
+                timeline_plot = line_plot(
+                    "step progress (%)",
+                    "live MiB",
+                    "mode",
+                    MODE_COLORS,
+                    "lab-timeline",
+                    "Memory over one training step (forward, then backward)",
+                )
+                loss_plot = line_plot(
+                    "step",
+                    "loss",
+                    "mode",
+                    MODE_COLORS,
+                    "lab-loss",
+                    "Loss per mode (the lines lie on top of each other when checkpointing is exact)",
+                )
             summary = gr.Dataframe(summary_frame([], None), label="Summary", interactive=False, elem_id="lab-summary")
             gr.HTML(legend_html(MODE_COLORS, " · dark: measured, light: predicted by the planner"))
-            sweep_plot = line_plot("tokens", "MiB", "series", SWEEP_COLORS, "lab-sweep-plot",
-                                   "Peak memory of a training step against sequence length")
+            sweep_plot = line_plot(
+                "tokens",
+                "MiB",
+                "series",
+                SWEEP_COLORS,
+                "lab-sweep-plot",
+                "Peak memory of a training step against sequence length",
+            )
             with gr.Row(equal_height=True):
                 budget = gr.Number(16, label="Memory budget for activations (GiB)", minimum=0.001)
                 budget_preset = gr.Dropdown(list(lab.PRESETS), value="paper 2.7B", label="Model size")
                 reach_btn = gr.Button("Longest clip per mode", elem_id="lab-reach-button")
-            reach = gr.Dataframe(pd.DataFrame(columns=REACH_COLUMNS),
-                                 label="Longest clip each mode can train within the budget (planner)",
-                                 interactive=False, elem_id="lab-reach")
+            reach = gr.Dataframe(
+                pd.DataFrame(columns=REACH_COLUMNS),
+                label="Longest clip each mode can train within the budget (planner)",
+                interactive=False,
+                elem_id="lab-reach",
+            )
 
             lab_args = dict(concurrency_limit=1, concurrency_id="lab", show_progress="minimal", time_limit=600)
-            train_event = train_btn.click(lab_train, [lab_modes, lab_seconds, lab_preset, lab_steps],
-                                          [timeline_plot, loss_plot, summary, lab_status], api_name="lab_train", **lab_args)
-            sweep_event = sweep_btn.click(lab_sweep, [lab_modes, lab_preset], [sweep_plot, lab_status],
-                                          api_name="lab_sweep", **lab_args)
-            cancel.click(lambda: "Cancelled.", None, [lab_status], cancels=[train_event, sweep_event],
-                         api_visibility="private")
+            train_event = train_btn.click(
+                lab_train,
+                [lab_modes, lab_seconds, lab_preset, lab_steps],
+                [timeline_plot, loss_plot, summary, lab_status],
+                api_name="lab_train",
+                **lab_args,
+            )
+            sweep_event = sweep_btn.click(
+                lab_sweep, [lab_modes, lab_preset], [sweep_plot, lab_status], api_name="lab_sweep", **lab_args
+            )
+            cancel.click(
+                lambda: "Cancelled.", None, [lab_status], cancels=[train_event, sweep_event], api_visibility="private"
+            )
             # The planner traces a layer once per model size (seconds), then answers in milliseconds.
             reach_btn.click(lab_budget, [budget, budget_preset], [reach], api_name="lab_budget")
             for trigger in (budget.submit, budget_preset.change):
@@ -585,8 +727,9 @@ def build_demo() -> gr.Blocks:
                 load_btn = gr.Button("Load", scale=1)
                 reset_btn = gr.Button("Use the packaged model", scale=1)
             load_status = gr.Markdown("")
-            load_btn.click(load_other, [other], [model_name, load_status, card], api_name="load_model",
-                           concurrency_limit=1)
+            load_btn.click(
+                load_other, [other], [model_name, load_status, card], api_name="load_model", concurrency_limit=1
+            )
             reset_btn.click(use_packaged, None, [model_name, load_status, card], api_visibility="private")
     return demo
 
@@ -595,5 +738,11 @@ demo = build_demo()
 
 if __name__ == "__main__":
     demo.queue(max_size=SETTINGS["queue_size"], default_concurrency_limit=2).launch(
-        server_name=SETTINGS["host"], server_port=SETTINGS["port"], max_file_size=f"{SETTINGS['max_upload_mb']}mb",
-        allowed_paths=[str(EXAMPLES_DIR)], css=CSS, theme=gr.themes.Soft(), show_error=True)
+        server_name=SETTINGS["host"],
+        server_port=SETTINGS["port"],
+        max_file_size=f"{SETTINGS['max_upload_mb']}mb",
+        allowed_paths=[str(EXAMPLES_DIR)],
+        css=CSS,
+        theme=gr.themes.Soft(),
+        show_error=True,
+    )

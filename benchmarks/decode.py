@@ -20,7 +20,6 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -30,9 +29,9 @@ import decord
 import numpy as np
 import psutil
 
+from ma2mba.video import decode as video
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from ma2mba import video  # noqa: E402
 
 CACHE = ROOT / "runs" / "bench_videos"
 FPS = 30
@@ -65,16 +64,20 @@ def make_video(path, width, height, minutes, kbps):
 
 def _encode_minute(path, width, height, kbps):
     rng = np.random.default_rng(0)
-    texture = np.kron(rng.integers(0, 256, (height // 8 + 1, width // 8 + 41), dtype=np.uint8),
-                      np.ones((8, 8), np.uint8))[:height]  # 8x8 blocks, wider than the frame
+    texture = np.kron(
+        rng.integers(0, 256, (height // 8 + 1, width // 8 + 41), dtype=np.uint8), np.ones((8, 8), np.uint8)
+    )[:height]  # 8x8 blocks, wider than the frame
     chroma = np.full((height // 2, width), 128, np.uint8)
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=FPS)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "superfast", "g": str(GOP_SECONDS * FPS),
-                          "x264-params": f"bitrate={kbps}:vbv-maxrate={kbps * 6 // 5}:vbv-bufsize={kbps * 2}"}
+        stream.options = {
+            "preset": "superfast",
+            "g": str(GOP_SECONDS * FPS),
+            "x264-params": f"bitrate={kbps}:vbv-maxrate={kbps * 6 // 5}:vbv-bufsize={kbps * 2}",
+        }
         for i in range(60 * FPS):
-            luma = texture[:, i % 320: i % 320 + width].copy()  # pans 1 px per frame
+            luma = texture[:, i % 320 : i % 320 + width].copy()  # pans 1 px per frame
             band = luma[: height // 6]
             band[:] = band // 2 + rng.integers(0, 16, band.shape, dtype=np.uint8)
             frame = av.VideoFrame.from_ndarray(np.concatenate([luma, chroma]), format="yuv420p")
@@ -97,6 +100,7 @@ def ma2mba_backend(name, max_side=None):
 
 def pyav_variant(thread_type, jump_to_keyframes):
     """The module's PyAV path with another thread setting, or decoding every frame."""
+
     def run(path):
         info = video.probe(path)
         keyframes = video._keyframes(str(path), path.name) if jump_to_keyframes else []
@@ -109,6 +113,7 @@ def pyav_variant(thread_type, jump_to_keyframes):
                 frame.to_ndarray(format="rgb24")
                 n += 1
             return n
+
     return run
 
 
@@ -136,8 +141,7 @@ def decord_in_process(path):
     """decord without the child process: what the isolation costs."""
     reader = decord.VideoReader(str(path))
     starts = reader.get_frame_timestamp(np.arange(len(reader)))[:, 0]
-    picks = [int(np.searchsorted(starts, t + 1e-4, side="right")) - 1
-             for t in np.arange(0, starts[-1] + 1 / FPS, 1.0)]
+    picks = [int(np.searchsorted(starts, t + 1e-4, side="right")) - 1 for t in np.arange(0, starts[-1] + 1 / FPS, 1.0)]
     for i in picks:
         reader[i].asnumpy()
     return len(picks)
@@ -161,17 +165,24 @@ def compare(path, configs, rounds):
             fn, n_rounds = configs[name]
             if r < n_rounds:
                 runs[name].append(measure(fn, path))
-                print(f"  round {r + 1}/{rounds} {name:30s} {runs[name][-1]['wall_s']:7.1f} s wall "
-                      f"{runs[name][-1]['cpu_s']:7.1f} s CPU", flush=True)
+                print(
+                    f"  round {r + 1}/{rounds} {name:30s} {runs[name][-1]['wall_s']:7.1f} s wall "
+                    f"{runs[name][-1]['cpu_s']:7.1f} s CPU",
+                    flush=True,
+                )
     baseline = runs[next(iter(configs))]
     rows = {}
     for name, rs in runs.items():
-        rows[name] = {"wall_s": statistics.median(r["wall_s"] for r in rs),
-                      "cpu_s": statistics.median(r["cpu_s"] for r in rs),
-                      # within a round, against the baseline's run of the same round
-                      "wall_ratio": statistics.median(r["wall_s"] / b["wall_s"] for r, b in zip(rs, baseline)),
-                      "cpu_ratio": statistics.median(r["cpu_s"] / b["cpu_s"] for r, b in zip(rs, baseline)),
-                      "rounds": len(rs), "frames": rs[0]["frames"], "runs": rs}
+        rows[name] = {
+            "wall_s": statistics.median(r["wall_s"] for r in rs),
+            "cpu_s": statistics.median(r["cpu_s"] for r in rs),
+            # within a round, against the baseline's run of the same round
+            "wall_ratio": statistics.median(r["wall_s"] / b["wall_s"] for r, b in zip(rs, baseline)),
+            "cpu_ratio": statistics.median(r["cpu_s"] / b["cpu_s"] for r, b in zip(rs, baseline)),
+            "rounds": len(rs),
+            "frames": rs[0]["frames"],
+            "runs": rs,
+        }
     return rows
 
 
@@ -183,11 +194,17 @@ def main():
     parser.add_argument("--out", default=str(ROOT / "results" / "decode.json"))
     args = parser.parse_args()
 
-    result = {"machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
-                          "python": platform.python_version(), "av": av.__version__,
-                          "ffmpeg_libavcodec": ".".join(map(str, av.library_versions["libavcodec"])),
-                          "decord": decord.__version__},
-              "default_backend": video.BACKENDS[0]}
+    result = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_start": os.getloadavg(),
+            "python": platform.python_version(),
+            "av": av.__version__,
+            "ffmpeg_libavcodec": ".".join(map(str, av.library_versions["libavcodec"])),
+            "decord": decord.__version__,
+        },
+        "default_backend": video.BACKENDS[0],
+    }
     t0 = time.perf_counter()
     clip = make_video(CACHE / "720p_10min.mp4", 1280, 720, minutes=10, kbps=2500)
     hour = None if args.skip_hour else make_video(CACHE / "480p_60min.mp4", 854, 480, minutes=60, kbps=1200)
@@ -211,26 +228,41 @@ def main():
         rss_before = psutil.Process().memory_info().rss
         runs = [measure(ma2mba_default, hour) for _ in range(args.hour_rounds)]
         wall = statistics.median(r["wall_s"] for r in runs)
-        result["hour_480p"] = {"file_mb": hour.stat().st_size / 1e6, "seconds": 3600,
-                               "wall_s": wall, "cpu_s": statistics.median(r["cpu_s"] for r in runs),
-                               "times_real_time": 3600 / wall, "frames": runs[0]["frames"],
-                               "target_wall_s": 180, "meets_target": wall < 180, "runs": runs,
-                               "rss_growth_mb": (psutil.Process().memory_info().rss - rss_before) / 1e6}
+        result["hour_480p"] = {
+            "file_mb": hour.stat().st_size / 1e6,
+            "seconds": 3600,
+            "wall_s": wall,
+            "cpu_s": statistics.median(r["cpu_s"] for r in runs),
+            "times_real_time": 3600 / wall,
+            "frames": runs[0]["frames"],
+            "target_wall_s": 180,
+            "meets_target": wall < 180,
+            "runs": runs,
+            "rss_growth_mb": (psutil.Process().memory_info().rss - rss_before) / 1e6,
+        }
     result["machine"]["load_avg_end"] = os.getloadavg()
     result["decord_child_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
-    print("\n| 10 min 720p, 1 FPS | wall s | CPU s | wall ratio | CPU ratio | rounds | frames |\n"
-          "|---|---|---|---|---|---|---|")
+    print(
+        "\n| 10 min 720p, 1 FPS | wall s | CPU s | wall ratio | CPU ratio | rounds | frames |\n"
+        "|---|---|---|---|---|---|---|"
+    )
     for name, row in rows.items():
-        print(f"| {name} | {row['wall_s']:.1f} | {row['cpu_s']:.1f} | {row['wall_ratio']:.2f} | "
-              f"{row['cpu_ratio']:.2f} | {row['rounds']} | {row['frames']} |")
-    print(f"(medians; ratios to '{next(iter(rows))}' in the same round; "
-          f"decord child peak RSS {result['decord_child_peak_rss_mb']:.0f} MB)")
+        print(
+            f"| {name} | {row['wall_s']:.1f} | {row['cpu_s']:.1f} | {row['wall_ratio']:.2f} | "
+            f"{row['cpu_ratio']:.2f} | {row['rounds']} | {row['frames']} |"
+        )
+    print(
+        f"(medians; ratios to '{next(iter(rows))}' in the same round; "
+        f"decord child peak RSS {result['decord_child_peak_rss_mb']:.0f} MB)"
+    )
     if hour is not None:
         h = result["hour_480p"]
-        print(f"\n1-hour 480p at 1 FPS: {h['wall_s']:.1f} s wall ({h['times_real_time']:.0f}x real "
-              f"time), {h['cpu_s']:.1f} s CPU, {h['frames']} frames; target < 180 s: "
-              f"{'met' if h['meets_target'] else 'MISSED'}")
+        print(
+            f"\n1-hour 480p at 1 FPS: {h['wall_s']:.1f} s wall ({h['times_real_time']:.0f}x real "
+            f"time), {h['cpu_s']:.1f} s CPU, {h['frames']} frames; target < 180 s: "
+            f"{'met' if h['meets_target'] else 'MISSED'}"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

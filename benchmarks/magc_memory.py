@@ -33,19 +33,25 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from ma2mba import Mamba2Config, Mamba2LM
+from ma2mba.memory import peak_bytes, without_data
+from ma2mba.memory.checkpointing import MODES, max_seq_len, predict_peak_bytes
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from ma2mba import Mamba2Config, Mamba2LM  # noqa: E402
-from ma2mba.checkpointing import MODES, max_seq_len, predict_peak_bytes  # noqa: E402
-from ma2mba.memory import peak_bytes, without_data  # noqa: E402
 
 RESULTS = ROOT / "results" / "magc_memory.json"
 FIGURE = ROOT / "assets" / "magc_memory.png"
 CONFIG = Mamba2Config(d_model=768, n_layer=24, vocab_size=50277)
-MEASURED_CODE = ["ma2mba/ssd.py", "ma2mba/mamba2.py", "ma2mba/lm.py", "ma2mba/checkpointing.py", "ma2mba/memory.py"]
+MEASURED_CODE = [
+    "ma2mba/engine/ssd.py",
+    "ma2mba/engine/mamba2.py",
+    "ma2mba/engine/state.py",
+    "ma2mba/engine/lm.py",
+    "ma2mba/memory/checkpointing.py",
+    "ma2mba/memory/meter.py",
+]
 GIB = 2**30
 
 # Video-Ma²mba Table 3 (2.7B, peak GB above weights; max length on an 80 GB A100).
@@ -63,14 +69,20 @@ def fingerprint() -> str:
         tree = ast.parse((ROOT / name).read_text())
         for node in ast.walk(tree):
             body = getattr(node, "body", None)
-            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            if (
+                isinstance(body, list)
+                and body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 node.body = body[1:] or [ast.Pass()]
         h.update(ast.dump(tree).encode())
     return h.hexdigest()[:16]
 
 
 # --- one point, in its own process ---
+
 
 def measure_point(mode: str, seq_len: int, device: str, threads: int) -> dict:
     """device: "cpu" or "fake"."""
@@ -91,8 +103,15 @@ def measure_point(mode: str, seq_len: int, device: str, threads: int) -> dict:
         peak = peak_bytes(step)
         seconds = time.perf_counter() - start
     l, s = lm.backbone.checkpointing.grid(seq_len, 1, torch.float32) if mode == "multi_axis" else (None, None)
-    return dict(mode=mode, seq_len=seq_len, device=device, peak_bytes=peak, seconds=seconds,
-                layers_per_block=l, tokens_per_segment=s)
+    return dict(
+        mode=mode,
+        seq_len=seq_len,
+        device=device,
+        peak_bytes=peak,
+        seconds=seconds,
+        layers_per_block=l,
+        tokens_per_segment=s,
+    )
 
 
 def run_point(mode, seq_len, device, threads, timeout) -> dict | None:
@@ -110,12 +129,13 @@ def run_point(mode, seq_len, device, threads, timeout) -> dict | None:
 
 # --- the sweep ---
 
+
 def key(p: dict) -> tuple:
     return p["mode"], p["seq_len"], p["device"], p["round"]
 
 
-def load(fp: str) -> dict:
-    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"points": []}
+def load(fp: str, path: Path) -> dict:
+    data = json.loads(path.read_text()) if path.exists() else {"points": []}
     data["fingerprint"] = fp
     current = {key(p) for p in data["points"] if p["code"] == fp}
     stale = [p for p in data["points"] if p["code"] != fp and key(p) not in current]
@@ -124,25 +144,30 @@ def load(fp: str) -> dict:
     return data
 
 
-def save(data: dict) -> None:
+def save(data: dict, path: Path) -> None:
     # A point of older code goes once the current code has measured it.
     current = {key(p) for p in data["points"] if p["code"] == data["fingerprint"]}
     data["points"] = [p for p in data["points"] if p["code"] == data["fingerprint"] or key(p) not in current]
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(data, indent=1) + "\n")
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def sweep(args, data: dict) -> None:
     done = {key(p) for p in data["points"] if p["code"] == data["fingerprint"]}
 
-    todo = [(mode, 2**k, "fake", 0) for k in args.fake_log2 for mode in MODES
-            if mode == "multi_axis" or k <= args.fake_log2_baselines]
+    todo = [
+        (mode, 2**k, "fake", 0)
+        for k in args.fake_log2
+        for mode in MODES
+        if mode == "multi_axis" or k <= args.fake_log2_baselines
+    ]
     for r in range(args.repeats):  # rounds interleave the modes, so slow spells hit them alike
-        order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]
+        order = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]
         for k in args.cpu_log2:
             S = 2**k
-            todo += [(mode, S, "cpu", r) for mode in order
-                     if predict_peak_bytes(CONFIG, S, mode) <= args.ram_limit_gib * GIB]
+            todo += [
+                (mode, S, "cpu", r) for mode in order if predict_peak_bytes(CONFIG, S, mode) <= args.ram_limit_gib * GIB
+            ]
     for mode, S, device, r in todo:
         if (mode, S, device, r) in done:
             continue
@@ -154,6 +179,7 @@ def sweep(args, data: dict) -> None:
 
 
 # --- the report ---
+
 
 def summarize(data: dict, budget: int) -> dict:
     points = [p for p in data["points"] if p["code"] == data["fingerprint"]]
@@ -168,14 +194,25 @@ def summarize(data: dict, budget: int) -> dict:
             cpu_times = [p["seconds"] for p in mine if p["device"] == "cpu"]
             grid = next(p for p in mine)
             measured = peaks.get("cpu", peaks.get("fake"))
-            predicted = predict_peak_bytes(CONFIG, S, mode, layers_per_block=grid["layers_per_block"],
-                                           tokens_per_segment=grid["tokens_per_segment"])
+            predicted = predict_peak_bytes(
+                CONFIG,
+                S,
+                mode,
+                layers_per_block=grid["layers_per_block"],
+                tokens_per_segment=grid["tokens_per_segment"],
+            )
             rows[f"{mode}@{S}"] = dict(
-                mode=mode, seq_len=S, measured_bytes=measured, predicted_bytes=predicted,
+                mode=mode,
+                seq_len=S,
+                measured_bytes=measured,
+                predicted_bytes=predicted,
                 prediction_error=predicted / measured - 1,
                 cpu_equals_fake=peaks["cpu"] == peaks["fake"] if len(peaks) == 2 else None,
-                seconds_per_token=statistics.median(cpu_times) / S if cpu_times else None, cpu_runs=len(cpu_times),
-                layers_per_block=grid["layers_per_block"], tokens_per_segment=grid["tokens_per_segment"])
+                seconds_per_token=statistics.median(cpu_times) / S if cpu_times else None,
+                cpu_runs=len(cpu_times),
+                layers_per_block=grid["layers_per_block"],
+                tokens_per_segment=grid["tokens_per_segment"],
+            )
     longest_measured = {}  # mode -> (longest measured S within budget, whether a longer one was measured over it)
     for mode in MODES:
         mine = [r for r in rows.values() if r["mode"] == mode]
@@ -189,23 +226,41 @@ def summarize(data: dict, budget: int) -> dict:
         return r and r[key]
 
     S14 = 2**14
-    speed = {S: at("multi_axis", S, "seconds_per_token") / at("layer", S, "seconds_per_token")
-             for S in lengths if at("multi_axis", S, "seconds_per_token") and at("layer", S, "seconds_per_token")}
+    speed = {
+        S: at("multi_axis", S, "seconds_per_token") / at("layer", S, "seconds_per_token")
+        for S in lengths
+        if at("multi_axis", S, "seconds_per_token") and at("layer", S, "seconds_per_token")
+    }
     ours_at_14 = {mode: at(mode, S14) for mode in MODES}
     return dict(
-        rows=rows, budget_bytes=budget, longest_measured=longest_measured, longest_planned=longest_planned,
+        rows=rows,
+        budget_bytes=budget,
+        longest_measured=longest_measured,
+        longest_planned=longest_planned,
         ratios_at_2_14=dict(
-            ours={f"multi_axis/{m}": ours_at_14["multi_axis"] / ours_at_14[m]
-                  for m in ("none", "layer", "sqrt") if ours_at_14["multi_axis"] and ours_at_14[m]},
-            paper={f"multi_axis/{m}": PAPER["at_2^14_gb"]["multi_axis"] / PAPER["at_2^14_gb"][m]
-                   for m in ("none", "layer", "sqrt")}),
+            ours={
+                f"multi_axis/{m}": ours_at_14["multi_axis"] / ours_at_14[m]
+                for m in ("none", "layer", "sqrt")
+                if ours_at_14["multi_axis"] and ours_at_14[m]
+            },
+            paper={
+                f"multi_axis/{m}": PAPER["at_2^14_gb"]["multi_axis"] / PAPER["at_2^14_gb"][m]
+                for m in ("none", "layer", "sqrt")
+            },
+        ),
         longest_ratio=dict(
             ours=longest_measured["multi_axis"][0] / longest_measured["none"][0]
-            if longest_measured["multi_axis"][0] and longest_measured["none"][0] else None,
-            paper=2 ** (PAPER["longest_log2"]["multi_axis"] - PAPER["longest_log2"]["none"])),
-        speed_multi_axis_over_layer=dict(ours=speed, paper=PAPER["ms_per_token"]["multi_axis"] / PAPER["ms_per_token"]["layer"]),
-        worst_prediction_error={mode: max((abs(r["prediction_error"]) for r in rows.values() if r["mode"] == mode), default=None)
-                                for mode in MODES},
+            if longest_measured["multi_axis"][0] and longest_measured["none"][0]
+            else None,
+            paper=2 ** (PAPER["longest_log2"]["multi_axis"] - PAPER["longest_log2"]["none"]),
+        ),
+        speed_multi_axis_over_layer=dict(
+            ours=speed, paper=PAPER["ms_per_token"]["multi_axis"] / PAPER["ms_per_token"]["layer"]
+        ),
+        worst_prediction_error={
+            mode: max((abs(r["prediction_error"]) for r in rows.values() if r["mode"] == mode), default=None)
+            for mode in MODES
+        },
         paper=PAPER,
     )
 
@@ -217,8 +272,10 @@ def fmt_bytes(n):
 def print_report(summary: dict) -> None:
     rows = summary["rows"]
     lengths = sorted({r["seq_len"] for r in rows.values()})
-    print("\nPeak memory above weights and gradients, GiB: measured (planner's prediction); "
-          "† measured on fake tensors only\n")
+    print(
+        "\nPeak memory above weights and gradients, GiB: measured (planner's prediction); "
+        "† measured on fake tensors only\n"
+    )
     print("| S | " + " | ".join(MODES) + " | MA-GC grid (l, s) |")
     print("|---|" + "---|" * (len(MODES) + 1))
     for S in lengths:
@@ -226,7 +283,9 @@ def print_report(summary: dict) -> None:
         for mode in MODES:
             r = rows.get(f"{mode}@{S}")
             mark = "" if r is None or r["cpu_runs"] else "†"
-            cells.append("—" if r is None else f"{fmt_bytes(r['measured_bytes'])}{mark} ({fmt_bytes(r['predicted_bytes'])})")
+            cells.append(
+                "—" if r is None else f"{fmt_bytes(r['measured_bytes'])}{mark} ({fmt_bytes(r['predicted_bytes'])})"
+            )
         ma = rows.get(f"multi_axis@{S}")
         grid = f"({ma['layers_per_block']}, {ma['tokens_per_segment']})" if ma else "—"
         print(f"| 2^{int(math.log2(S))} | " + " | ".join(cells) + f" | {grid} |")
@@ -264,11 +323,15 @@ def print_report(summary: dict) -> None:
     ours = ", ".join(f"{v:.2f} at 2^{int(math.log2(S))}" for S, v in sorted(sp["ours"].items())) or "—"
     print(f"| time per token, multi_axis / layer | {ours} | {sp['paper']:.2f} |")
     worst = summary["worst_prediction_error"]
-    print("\nWorst planner error per mode: " + ", ".join(f"{m} {100 * e:.1f}%" for m, e in worst.items() if e is not None))
+    print(
+        "\nWorst planner error per mode: " + ", ".join(f"{m} {100 * e:.1f}%" for m, e in worst.items() if e is not None)
+    )
     mismatched = [k for k, r in rows.items() if r["cpu_equals_fake"] is False]
     both = [k for k, r in rows.items() if r["cpu_equals_fake"] is not None]
-    print(f"CPU and fake-tensor peaks identical at {len(both) - len(mismatched)} of {len(both)} points measured both ways"
-          + (f"; differ at {mismatched}" if mismatched else ""))
+    print(
+        f"CPU and fake-tensor peaks identical at {len(both) - len(mismatched)} of {len(both)} points measured both ways"
+        + (f"; differ at {mismatched}" if mismatched else "")
+    )
 
 
 def draw(summary: dict) -> None:
@@ -282,11 +345,22 @@ def draw(summary: dict) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for mode, color in zip(MODES, ("tab:red", "tab:orange", "tab:green", "tab:blue")):
         rows = sorted((r for r in summary["rows"].values() if r["mode"] == mode), key=lambda r: r["seq_len"])
-        ax.plot([r["seq_len"] for r in rows], [r["measured_bytes"] / GIB for r in rows], "o-", color=color,
-                label=f"{names[mode]}, measured")
+        ax.plot(
+            [r["seq_len"] for r in rows],
+            [r["measured_bytes"] / GIB for r in rows],
+            "o-",
+            color=color,
+            label=f"{names[mode]}, measured",
+        )
         S = [2**k for k in range(10, 21)]  # the planner also where nothing was measured
-        ax.plot(S, [predict_peak_bytes(CONFIG, n, mode) / GIB for n in S], "--", color=color, alpha=0.7,
-                label=f"{names[mode]}, planner")
+        ax.plot(
+            S,
+            [predict_peak_bytes(CONFIG, n, mode) / GIB for n in S],
+            "--",
+            color=color,
+            alpha=0.7,
+            label=f"{names[mode]}, planner",
+        )
     budget = summary["budget_bytes"] / GIB
     ax.axhline(budget, color="gray", lw=1, ls=":")
     ax.set_xscale("log", base=2)
@@ -305,32 +379,49 @@ def draw(summary: dict) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--fake-log2", type=int, nargs="*", default=list(range(10, 19)), help="log2 S traced on fake tensors")
-    ap.add_argument("--fake-log2-baselines", type=int, default=16,
-                    help="trace none/layer/sqrt only up to this log2 S (past the budget for all three)")
+    ap.add_argument(
+        "--fake-log2", type=int, nargs="*", default=list(range(10, 19)), help="log2 S traced on fake tensors"
+    )
+    ap.add_argument(
+        "--fake-log2-baselines",
+        type=int,
+        default=16,
+        help="trace none/layer/sqrt only up to this log2 S (past the budget for all three)",
+    )
     ap.add_argument("--cpu-log2", type=int, nargs="*", default=[10, 11], help="log2 S run on the CPU")
     ap.add_argument("--repeats", type=int, default=3, help="CPU rounds (timing medians)")
     ap.add_argument("--ram-limit-gib", type=float, default=10, help="skip CPU points predicted above this")
     ap.add_argument("--budget-gib", type=float, default=12)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads; one, as the 2 shared cores here make a second thread mostly wait")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads; one, as the 2 shared cores here make a second thread mostly wait",
+    )
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per point")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--out", default=str(RESULTS), help="the JSON file of points (measured points are reused)")
     ap.add_argument("--point", nargs=3, metavar=("MODE", "S", "DEVICE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.point:
         mode, S, device = args.point
         print(json.dumps(measure_point(mode, int(S), device, args.threads)))
         return
-    data = load(fingerprint())
+    data = load(fingerprint(), Path(args.out))
     if not args.report_only:
         sweep(args, data)
-    data["setup"] = dict(config=CONFIG.to_dict(), dtype="float32", batch=1, loss="last position only",
-                         baseline="weights and gradient buffers allocated before the step")
+    data["setup"] = dict(
+        config=CONFIG.to_dict(),
+        dtype="float32",
+        batch=1,
+        loss="last position only",
+        baseline="weights and gradient buffers allocated before the step",
+    )
     data["summary"] = summarize(data, int(args.budget_gib * GIB))
-    save(data)
+    save(data, Path(args.out))
     print_report(data["summary"])
-    draw(data["summary"])
+    if Path(args.out) == RESULTS:  # the figure shows the full sweep only
+        draw(data["summary"])
 
 
 if __name__ == "__main__":

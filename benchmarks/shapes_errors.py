@@ -15,17 +15,16 @@ Prints a table and writes results/shapes_errors.json (or --out).
 
 import argparse
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ma2mba import load_model  # noqa: E402
-from ma2mba.data import shapeworld  # noqa: E402
-from ma2mba.evaluate import answer_batch, heldout_videos, is_correct, parse_seconds, raw_frames, watch  # noqa: E402
+from ma2mba import load_model
+from ma2mba.data import questions, world
+from ma2mba.serving.frames import watch
+from ma2mba.training.evaluate import answer_batch, heldout_videos, is_correct, parse_seconds, raw_frames
 
 
 def exists_category(kind, counts) -> str:
@@ -51,20 +50,29 @@ def analyse(model, videos) -> dict:
     state = watch(model, frames, np.arange(videos[0].duration))
     for row, video in enumerate(videos):
         counts = video.counts()
-        everything = video.all_questions()  # "exists" and "count": one question per kind, in KINDS order
+        everything = questions.all_questions(video)  # "exists" and "count": one question per kind, in KINDS order
         asked = {name: everything[name] for name in ("exists", "count", "when")}
         qas = [qa for group in asked.values() for qa in group]
-        mine = state.map(lambda t: t[row:row + 1].expand(len(qas), *t.shape[1:]).contiguous())
+        mine = state.map(lambda t: t[row : row + 1].expand(len(qas), *t.shape[1:]).contiguous())
         answers = iter(answer_batch(model, mine, [qa.question for qa in qas]))
         for name, split in (("exists", exists_category), ("count", lambda kind, c: count_bucket(c[kind]))):
-            for kind, qa in zip(shapeworld.KINDS, asked[name]):
+            for kind, qa in zip(world.KINDS, asked[name]):
                 cell = tally[(name, split(kind, counts))]
                 cell[0] += is_correct(name, qa.answer, next(answers))
                 cell[1] += 1
         for qa in asked["when"]:
             when_answers.append((parse_seconds(qa.answer), parse_seconds(next(answers)), video.duration))
-    order = ["yes", "no: neither part shown", "no: one part shown", "no: both parts shown, apart",
-             "0", "1", "2-5", "6-10", "11-20"]
+    order = [
+        "yes",
+        "no: neither part shown",
+        "no: one part shown",
+        "no: both parts shown, apart",
+        "0",
+        "1",
+        "2-5",
+        "6-10",
+        "11-20",
+    ]
     ranked = sorted(tally.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1])))
     report = {f"{table}: {row}": {"accuracy": right / asked, "asked": asked} for (table, row), (right, asked) in ranked}
     recent = [length - truth <= RECENT_S for truth, _, length in when_answers]
@@ -76,8 +84,11 @@ def analyse(model, videos) -> dict:
 
 def when_summary(answers) -> dict:
     off = [abs(said - truth) for truth, said, _ in answers if said is not None]
-    return {"asked": len(answers), "within_2s": sum(d <= 2 for d in off) / max(1, len(answers)),
-            "median_seconds_off": float(np.median(off)) if off else None}
+    return {
+        "asked": len(answers),
+        "within_2s": sum(d <= 2 for d in off) / max(1, len(answers)),
+        "median_seconds_off": float(np.median(off)) if off else None,
+    }
 
 
 def main():
@@ -97,13 +108,20 @@ def main():
     print("|---|---|---|")
     for name, row in report.items():
         if name.startswith("when"):
-            print(f"| {name}: within 2 s | {100 * row['within_2s']:.1f} | {row['asked']} |"
-                  f"  (median {row['median_seconds_off']} s off)")
+            print(
+                f"| {name}: within 2 s | {100 * row['within_2s']:.1f} | {row['asked']} |"
+                f"  (median {row['median_seconds_off']} s off)"
+            )
         else:
             print(f"| {name} | {100 * row['accuracy']:.1f} | {row['asked']} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"model": args.model or "packaged", "minutes": args.minutes,
-                                          "videos": args.videos, "report": report}, indent=2) + "\n")
+    Path(args.out).write_text(
+        json.dumps(
+            {"model": args.model or "packaged", "minutes": args.minutes, "videos": args.videos, "report": report},
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ma2mba.data.shapeworld import generate, write_mp4  # noqa: E402
+from ma2mba.data import render
+from ma2mba.data.render import write_mp4
+from ma2mba.data.world import generate
 
 TARGETS = {(64, 64): 2000, (640, 360): 200}
 SIZES = [(64, 64), (224, 224), (640, 360), (1280, 720)]
@@ -49,12 +49,20 @@ def main():
     video = generate(0, 120)
     times = [t + 0.5 * (t % 2) for t in range(120)]  # whole and half seconds, so objects move
     for width, height in SIZES:
-        many = median_rate(lambda: video.render_many(times, width, height), len(times), args.repeats)
-        single = median_rate(lambda: [video.render(t, width, height) for t in times], len(times), args.repeats)
+        many = median_rate(lambda: render.render_many(video, times, width, height), len(times), args.repeats)
+        single = median_rate(lambda: [render.render(video, t, width, height) for t in times], len(times), args.repeats)
         target = TARGETS.get((width, height))
         for what, rate in (("render_many", many), ("render", single)):
-            rows.append(dict(what=what, size=f"{width}x{height}", per_s=rate, unit="frames/s", target=target,
-                             ratio_to_target=rate / target if target else None))
+            rows.append(
+                dict(
+                    what=what,
+                    size=f"{width}x{height}",
+                    per_s=rate,
+                    unit="frames/s",
+                    target=target,
+                    ratio_to_target=rate / target if target else None,
+                )
+            )
 
     short = generate(1, 20)
     with tempfile.TemporaryDirectory() as tmp:

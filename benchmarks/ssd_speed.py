@@ -35,18 +35,16 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from ma2mba import Mamba2Config, Mamba2LM
+from ma2mba.engine.ssd import discretize_dt, ssd_naive, ssd_scan
 
-from ma2mba import Mamba2Config, Mamba2LM  # noqa: E402
-from ma2mba.ssd import discretize_dt, ssd_naive, ssd_scan  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 VOCAB = 1024
 CONFIGS = {"256x8": dict(d_model=256, n_layer=8), "130m_4_layers": dict(d_model=768, n_layer=4)}
@@ -134,9 +132,13 @@ def listing_ssd(X, A, B, C, block_len=64, initial_states=None):
 def scan_inputs(l, h=24, p=64, n=128, g=1, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return dict(
-        x=torch.randn(1, l, h, p, generator=gen), dt=torch.randn(1, l, h, generator=gen) - 2,
-        A=-torch.exp(torch.rand(h, generator=gen) * math.log(16)), B=torch.randn(1, l, g, n, generator=gen),
-        C=torch.randn(1, l, g, n, generator=gen), D=torch.ones(h), dt_bias=torch.zeros(h),
+        x=torch.randn(1, l, h, p, generator=gen),
+        dt=torch.randn(1, l, h, generator=gen) - 2,
+        A=-torch.exp(torch.rand(h, generator=gen) * math.log(16)),
+        B=torch.randn(1, l, g, n, generator=gen),
+        C=torch.randn(1, l, g, n, generator=gen),
+        D=torch.ones(h),
+        dt_bias=torch.zeros(h),
     )
 
 
@@ -159,7 +161,12 @@ def scan_impls():
     def naive(x, dt, A, B, C, D, dt_bias):
         return ssd_naive(x, dt, A, B, C, D=D, dt_bias=dt_bias)
 
-    return {"ma2mba": ours, "paper_listing": listing, "transformers_torch": transformers_torch, "naive_recurrence": naive}
+    return {
+        "ma2mba": ours,
+        "paper_listing": listing,
+        "transformers_torch": transformers_torch,
+        "naive_recurrence": naive,
+    }
 
 
 def scan_section(length, repeats, naive_length=256):
@@ -169,15 +176,26 @@ def scan_section(length, repeats, naive_length=256):
         for name, fn in scan_impls().items():
             l = naive_length if name == "naive_recurrence" else length
             for kind, backward in (("fwd", False), ("fwd_bwd", True)):
-                fns[name, kind, l] = lambda fn=fn, base=scan_inputs(l), backward=backward: run_scan(fn, base, dtype_name, backward)
+                base = scan_inputs(l)
+                fns[name, kind, l] = lambda fn=fn, base=base, backward=backward: run_scan(
+                    fn, base, dtype_name, backward
+                )
         seconds = median_seconds(fns, repeats)
         for name in scan_impls():
             l = naive_length if name == "naive_recurrence" else length
-            row = dict(impl=name, dtype=dtype_name, length=l, extrapolated=(l != length),
-                       **{f"{kind}_us_per_token": seconds[name, kind, l] / l * 1e6 for kind in ("fwd", "fwd_bwd")})
+            row = dict(
+                impl=name,
+                dtype=dtype_name,
+                length=l,
+                extrapolated=(l != length),
+                **{f"{kind}_us_per_token": seconds[name, kind, l] / l * 1e6 for kind in ("fwd", "fwd_bwd")},
+            )
             rows.append(row)
-            print(f"  scan {name:20s} {dtype_name} L={l:5d}  fwd {row['fwd_us_per_token']:8.2f} us/tok"
-                  f"  fwd+bwd {row['fwd_bwd_us_per_token']:8.2f} us/tok", flush=True)
+            print(
+                f"  scan {name:20s} {dtype_name} L={l:5d}  fwd {row['fwd_us_per_token']:8.2f} us/tok"
+                f"  fwd+bwd {row['fwd_bwd_us_per_token']:8.2f} us/tok",
+                flush=True,
+            )
     return rows
 
 
@@ -231,8 +249,11 @@ def model_section(lengths, repeats):
             for length in lengths:
                 ids = torch.randint(0, VOCAB, (1, length))
                 row = dict(config=name, dtype=dtype_name, length=length, matmul_flops_per_token=flops)
-                fns = dict(matmuls(), fwd=lm_runner(lambda x: lm(x).logits, ids, dtype_name, False),
-                           fwd_bwd=lm_runner(lambda x: lm(x).logits, ids, dtype_name, True))
+                fns = dict(
+                    matmuls(),
+                    fwd=lm_runner(lambda x: lm(x).logits, ids, dtype_name, False),
+                    fwd_bwd=lm_runner(lambda x: lm(x).logits, ids, dtype_name, True),
+                )
                 seconds = median_seconds(fns, repeats if length < 16384 else 1)
                 row.update(gflops(seconds))
                 for kind, passes in (("fwd", 1), ("fwd_bwd", 3)):
@@ -241,8 +262,11 @@ def model_section(lengths, repeats):
                     row[f"{kind}_pct_fp32_roofline"] = 100 * achieved / row["fp32_gflops"]
                     row[f"{kind}_pct_bf16_roofline"] = 100 * achieved / row["bf16_gflops"]
                 rows.append(row)
-                print(f"  model {name:6s} {dtype_name} L={length:6d}  " + "  ".join(
-                    f"{k} {v:.1f}" for k, v in row.items() if k.endswith(("tok_s", "roofline", "gflops"))), flush=True)
+                print(
+                    f"  model {name:6s} {dtype_name} L={length:6d}  "
+                    + "  ".join(f"{k} {v:.1f}" for k, v in row.items() if k.endswith(("tok_s", "roofline", "gflops"))),
+                    flush=True,
+                )
             # Decoding: the recurrence one token at a time (what a chat answer runs).
             state, ids = lm.empty_state(1), torch.randint(0, VOCAB, (64,))
 
@@ -263,11 +287,24 @@ def hf_lm(ours: Mamba2LM):
     import transformers
 
     c, s = ours.config, ours.config.ssm
-    hf = transformers.Mamba2ForCausalLM(transformers.Mamba2Config(
-        vocab_size=c.padded_vocab_size, hidden_size=c.d_model, num_hidden_layers=c.n_layer, state_size=s.d_state,
-        expand=s.expand, conv_kernel=s.d_conv, head_dim=s.headdim, num_heads=s.nheads, n_groups=s.ngroups,
-        chunk_size=s.chunk_size, use_bias=False, use_conv_bias=True, residual_in_fp32=True, tie_word_embeddings=True,
-    ))
+    hf = transformers.Mamba2ForCausalLM(
+        transformers.Mamba2Config(
+            vocab_size=c.padded_vocab_size,
+            hidden_size=c.d_model,
+            num_hidden_layers=c.n_layer,
+            state_size=s.d_state,
+            expand=s.expand,
+            conv_kernel=s.d_conv,
+            head_dim=s.headdim,
+            num_heads=s.nheads,
+            n_groups=s.ngroups,
+            chunk_size=s.chunk_size,
+            use_bias=False,
+            use_conv_bias=True,
+            residual_in_fp32=True,
+            tie_word_embeddings=True,
+        )
+    )
     sd = {k.replace("backbone.embedding.", "backbone.embeddings."): v for k, v in ours.state_dict().items()}
     hf.load_state_dict(sd)
     return hf
@@ -296,25 +333,34 @@ def hf_section(lengths, repeats):
                     runners = {"ma2mba": lm_runner(lambda x: ours(x).logits, ids, dtype_name, backward)}
                     if backward:  # without backward the two builds of ours run the same code
                         runners["ma2mba_keep"] = lm_runner(lambda x: keep(x).logits, ids, dtype_name, backward)
-                    runners["transformers"] = lm_runner(lambda x: theirs(x, use_cache=False).logits, ids, dtype_name, backward)
+                    runners["transformers"] = lm_runner(
+                        lambda x: theirs(x, use_cache=False).logits, ids, dtype_name, backward
+                    )
                     times = timed_rounds(runners, repeats)
                     row[f"{kind}_tok_s_transformers"] = length / statistics.median(times["transformers"])
                     for ours_name in runners.keys() - {"transformers"}:
                         ratios = [t / o for o, t in zip(times[ours_name], times["transformers"])]
                         suffix = ours_name.removeprefix("ma2mba")  # "" or "_keep"
-                        row.update({f"{kind}_tok_s_ma2mba{suffix}": length / statistics.median(times[ours_name]),
-                                    f"{kind}_speedup{suffix}": statistics.median(ratios),
-                                    f"{kind}_speedup{suffix}_range": [min(ratios), max(ratios)]})
+                        row.update(
+                            {
+                                f"{kind}_tok_s_ma2mba{suffix}": length / statistics.median(times[ours_name]),
+                                f"{kind}_speedup{suffix}": statistics.median(ratios),
+                                f"{kind}_speedup{suffix}_range": [min(ratios), max(ratios)],
+                            }
+                        )
                     if backward:
                         for ours_name, run in runners.items():
                             row[f"fwd_bwd_peak_bytes_{ours_name}"] = peak_bytes(run)
                 rows.append(row)
-                print(f"  hf {name:14s} {dtype_name} L={length:5d}  fwd speedup {row['fwd_speedup']:.2f}x"
-                      f" ({row['fwd_speedup_range'][0]:.2f}-{row['fwd_speedup_range'][1]:.2f})"
-                      f"  fwd+bwd speedup {row['fwd_bwd_speedup']:.2f}x"
-                      f" ({row['fwd_bwd_speedup_range'][0]:.2f}-{row['fwd_bwd_speedup_range'][1]:.2f}),"
-                      f" keeping activations {row['fwd_bwd_speedup_keep']:.2f}x"
-                      f" ({row['fwd_bwd_speedup_keep_range'][0]:.2f}-{row['fwd_bwd_speedup_keep_range'][1]:.2f})", flush=True)
+                print(
+                    f"  hf {name:14s} {dtype_name} L={length:5d}  fwd speedup {row['fwd_speedup']:.2f}x"
+                    f" ({row['fwd_speedup_range'][0]:.2f}-{row['fwd_speedup_range'][1]:.2f})"
+                    f"  fwd+bwd speedup {row['fwd_bwd_speedup']:.2f}x"
+                    f" ({row['fwd_bwd_speedup_range'][0]:.2f}-{row['fwd_bwd_speedup_range'][1]:.2f}),"
+                    f" keeping activations {row['fwd_bwd_speedup_keep']:.2f}x"
+                    f" ({row['fwd_bwd_speedup_keep_range'][0]:.2f}-{row['fwd_bwd_speedup_keep_range'][1]:.2f})",
+                    flush=True,
+                )
     return rows
 
 
@@ -325,19 +371,35 @@ def torch_conv1d(x, weight, bias, conv_state, silu=False):
     xs = torch.cat([conv_state.to(x.dtype), x.transpose(1, 2)], dim=-1)  # (b, dim, w - 1 + l)
     y = F.conv1d(xs, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), groups=x.shape[-1])
     y = F.silu(y) if silu else y
-    return y.transpose(1, 2), xs[..., xs.shape[-1] - (w - 1):].clone()
+    return y.transpose(1, 2), xs[..., xs.shape[-1] - (w - 1) :].clone()
 
 
-def listing_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=True, dt_limit=(0.0, math.inf),
-                 initial_state=None):
+def listing_scan(
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size,
+    D=None,
+    z=None,
+    dt_bias=None,
+    dt_softplus=True,
+    dt_limit=(0.0, math.inf),
+    initial_state=None,
+):
     """ssd_scan's signature on top of the paper's listing, differentiated by autograd (block 256)."""
     b, l, h, p = x.shape
     dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)
     Bh, Ch = (t.repeat_interleave(h // B.shape[2], dim=2) for t in (B, C))
     T = min(256, l)
     pad = (-l) % T
-    X, dA, Bh, Ch = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x * dt[..., None].to(x.dtype), dt * A, Bh, Ch))
-    y, final = listing_ssd(X, dA, Bh, Ch, block_len=T, initial_states=None if initial_state is None else initial_state[:, None])
+    X, dA, Bh, Ch = (
+        F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x * dt[..., None].to(x.dtype), dt * A, Bh, Ch)
+    )
+    y, final = listing_ssd(
+        X, dA, Bh, Ch, block_len=T, initial_states=None if initial_state is None else initial_state[:, None]
+    )
     y = y[:, :l].to(x.dtype) + x * D[:, None].to(x.dtype)
     return y, final
 
@@ -348,15 +410,30 @@ def no_checkpoint(fn, *args, **kwargs):
 
 def ablation_steps(lm):
     """Cumulative: each step adds one change to the one before; the last is ma2mba as it is."""
-    from ma2mba import mamba2, ssd
+    from ma2mba.engine import mamba2, ssd
 
-    whole = {(lm.backbone, "segment_tokens"): 1 << 40,  # one segment however long the input
-             (mamba2, "CACHE_BLOCK_ELEMENTS"): 1 << 40}  # conv and gated norm over whole tensors
+    whole = {
+        (lm.backbone, "segment_tokens"): 1 << 40,  # one segment however long the input
+        (mamba2, "CACHE_BLOCK_ELEMENTS"): 1 << 40,
+    }  # conv and gated norm over whole tensors
     steps = [
-        ("paper listing scan, autograd backward (T=256)", {(mamba2, "ssd_scan"): listing_scan, (ssd, "CPU_MAX_CHUNK"): 256,
-                                                           (mamba2, "causal_conv1d"): torch_conv1d, (mamba2, "checkpoint"): no_checkpoint}),
-        ("+ ChunkedScan: hand-written backward (T=256)", {(ssd, "CPU_MAX_CHUNK"): 256, (mamba2, "causal_conv1d"): torch_conv1d,
-                                                          (mamba2, "checkpoint"): no_checkpoint}),
+        (
+            "paper listing scan, autograd backward (T=256)",
+            {
+                (mamba2, "ssd_scan"): listing_scan,
+                (ssd, "CPU_MAX_CHUNK"): 256,
+                (mamba2, "causal_conv1d"): torch_conv1d,
+                (mamba2, "checkpoint"): no_checkpoint,
+            },
+        ),
+        (
+            "+ ChunkedScan: hand-written backward (T=256)",
+            {
+                (ssd, "CPU_MAX_CHUNK"): 256,
+                (mamba2, "causal_conv1d"): torch_conv1d,
+                (mamba2, "checkpoint"): no_checkpoint,
+            },
+        ),
         ("+ chunks of 64 on CPU", {(mamba2, "causal_conv1d"): torch_conv1d, (mamba2, "checkpoint"): no_checkpoint}),
         ("+ causal conv as taps with its own backward", {(mamba2, "checkpoint"): no_checkpoint}),
         ("+ recompute the mixer interior in backward", {}),
@@ -407,24 +484,47 @@ def ablation_section(length, repeats, long_length=16384):
     ids = torch.randint(0, VOCAB, (1, length))
     rows = []
     for label, patches in ablation_steps(lm):
-        seconds = median_seconds({kind: patched(patches)(lm_runner(lambda x: lm(x).logits, ids, "fp32", backward))
-                                  for kind, backward in (("fwd", False), ("fwd_bwd", True))}, repeats)
+        seconds = median_seconds(
+            {
+                kind: patched(patches)(lm_runner(lambda x: lm(x).logits, ids, "fp32", backward))
+                for kind, backward in (("fwd", False), ("fwd_bwd", True))
+            },
+            repeats,
+        )
         saved = patched(patches)(lambda: saved_bytes_per_token(lm, ids))() / lm.config.n_layer
-        rows.append(dict(step=label, length=length, fwd_tok_s=length / seconds["fwd"], fwd_bwd_tok_s=length / seconds["fwd_bwd"],
-                         saved_bytes_per_token_per_layer=saved))
-        print(f"  ablation {label:55s} fwd {rows[-1]['fwd_tok_s']:7.1f} tok/s  fwd+bwd {rows[-1]['fwd_bwd_tok_s']:7.1f} tok/s"
-              f"  kept for backward {saved / 1024:5.1f} KiB/token/layer", flush=True)
+        rows.append(
+            dict(
+                step=label,
+                length=length,
+                fwd_tok_s=length / seconds["fwd"],
+                fwd_bwd_tok_s=length / seconds["fwd_bwd"],
+                saved_bytes_per_token_per_layer=saved,
+            )
+        )
+        print(
+            f"  ablation {label:55s} fwd {rows[-1]['fwd_tok_s']:7.1f} tok/s  fwd+bwd {rows[-1]['fwd_bwd_tok_s']:7.1f} tok/s"
+            f"  kept for backward {saved / 1024:5.1f} KiB/token/layer",
+            flush=True,
+        )
     # Segments matter most for long inputs: one 16k-token segment against segments of 2048, in turns.
     ids = torch.randint(0, VOCAB, (1, long_length))
     one_segment = patched({(lm.backbone, "segment_tokens"): 1 << 40})
     for dtype_name, backward in (("bf16", False), ("fp32", True)):
         run = lm_runner(lambda x: lm(x).logits, ids, dtype_name, backward)
         seconds = median_seconds({"one": one_segment(run), "segments": run}, max(1, repeats - 1))
-        rows.append(dict(step=f"segments of 2048 at {long_length} tokens, {dtype_name} {'fwd+bwd' if backward else 'fwd'}",
-                         length=long_length, one_segment_tok_s=long_length / seconds["one"],
-                         segments_tok_s=long_length / seconds["segments"]))
-        print(f"  ablation {rows[-1]['step']}: one segment {rows[-1]['one_segment_tok_s']:.0f} tok/s,"
-              f" segments {rows[-1]['segments_tok_s']:.0f} tok/s", flush=True)
+        rows.append(
+            dict(
+                step=f"segments of 2048 at {long_length} tokens, {dtype_name} {'fwd+bwd' if backward else 'fwd'}",
+                length=long_length,
+                one_segment_tok_s=long_length / seconds["one"],
+                segments_tok_s=long_length / seconds["segments"],
+            )
+        )
+        print(
+            f"  ablation {rows[-1]['step']}: one segment {rows[-1]['one_segment_tok_s']:.0f} tok/s,"
+            f" segments {rows[-1]['segments_tok_s']:.0f} tok/s",
+            flush=True,
+        )
     return rows
 
 
@@ -444,16 +544,27 @@ def memory_section(lengths):
         with torch.no_grad():
             with_logits = peak_bytes(lambda: lm(ids))
             hidden_only = peak_bytes(lambda: lm(ids, return_logits=False))
-        rows.append(dict(config="130m_4_layers", length=length, fwd_peak_bytes=with_logits,
-                         bytes_per_token=with_logits / length, fwd_peak_bytes_no_logits=hidden_only))
-        print(f"  memory 130m_4_layers L={length:6d}  forward peak {with_logits / 2**20:8.1f} MiB"
-              f" ({with_logits / length / 1024:5.1f} KiB/token), without logits {hidden_only / 2**20:8.1f} MiB", flush=True)
+        rows.append(
+            dict(
+                config="130m_4_layers",
+                length=length,
+                fwd_peak_bytes=with_logits,
+                bytes_per_token=with_logits / length,
+                fwd_peak_bytes_no_logits=hidden_only,
+            )
+        )
+        print(
+            f"  memory 130m_4_layers L={length:6d}  forward peak {with_logits / 2**20:8.1f} MiB"
+            f" ({with_logits / length / 1024:5.1f} KiB/token), without logits {hidden_only / 2**20:8.1f} MiB",
+            flush=True,
+        )
     return rows
 
 
 def transformers_version():
     try:
         import transformers
+
         return transformers.__version__
     except ImportError:
         return None
@@ -478,61 +589,178 @@ def markdown(results) -> str:
         out.append("")
 
     m = results.get("machine", {})
-    out.append(f"Measured on {m.get('cpu')} ({m.get('cores')} cores), {m.get('threads')} thread(s), torch {m.get('torch')}, "
-               f"load average {', '.join(f'{v:.1f}' for v in m.get('load_average', []))}.\n")
+    out.append(
+        f"Measured on {m.get('cpu')} ({m.get('cores')} cores), {m.get('threads')} thread(s), torch {m.get('torch')}, "
+        f"load average {', '.join(f'{v:.1f}' for v in m.get('load_average', []))}.\n"
+    )
     if "roofline" in results:
         r = results["roofline"]
-        out.append(f"Matmul roofline (4096×768 · 768×3352): fp32 {r['fp32_gflops']:.0f} GFLOP/s, bf16 {r['bf16_gflops']:.0f} GFLOP/s.\n")
+        out.append(
+            f"Matmul roofline (4096×768 · 768×3352): fp32 {r['fp32_gflops']:.0f} GFLOP/s, bf16 {r['bf16_gflops']:.0f} GFLOP/s.\n"
+        )
     if "model" in results:
         rows = [r for r in results["model"] if r.get("mode") != "step"]
-        table(["config", "dtype", "tokens", "fwd tok/s", "fwd+bwd tok/s", "fwd % fp32 roof", "fwd+bwd % fp32 roof",
-               "fwd+bwd % bf16 roof", "roofline fp32/bf16 GFLOP/s"],
-              [(r["config"], r["dtype"], r["length"], f"{r['fwd_tok_s']:.0f}", f"{r['fwd_bwd_tok_s']:.0f}",
-                f"{r['fwd_pct_fp32_roofline']:.0f}%", f"{r['fwd_bwd_pct_fp32_roofline']:.0f}%",
-                f"{r['fwd_bwd_pct_bf16_roofline']:.0f}%", f"{r['fp32_gflops']:.0f} / {r['bf16_gflops']:.0f}") for r in rows])
+        table(
+            [
+                "config",
+                "dtype",
+                "tokens",
+                "fwd tok/s",
+                "fwd+bwd tok/s",
+                "fwd % fp32 roof",
+                "fwd+bwd % fp32 roof",
+                "fwd+bwd % bf16 roof",
+                "roofline fp32/bf16 GFLOP/s",
+            ],
+            [
+                (
+                    r["config"],
+                    r["dtype"],
+                    r["length"],
+                    f"{r['fwd_tok_s']:.0f}",
+                    f"{r['fwd_bwd_tok_s']:.0f}",
+                    f"{r['fwd_pct_fp32_roofline']:.0f}%",
+                    f"{r['fwd_bwd_pct_fp32_roofline']:.0f}%",
+                    f"{r['fwd_bwd_pct_bf16_roofline']:.0f}%",
+                    f"{r['fp32_gflops']:.0f} / {r['bf16_gflops']:.0f}",
+                )
+                for r in rows
+            ],
+        )
         steps = [r for r in results["model"] if r.get("mode") == "step"]
-        table(["config", "dtype", "decoding with `step`, tok/s"], [(r["config"], r["dtype"], f"{r['fwd_tok_s']:.1f}") for r in steps])
+        table(
+            ["config", "dtype", "decoding with `step`, tok/s"],
+            [(r["config"], r["dtype"], f"{r['fwd_tok_s']:.1f}") for r in steps],
+        )
     if "hf" in results:
+
         def span(r, speedup):  # the per-round range, where the run recorded it
             lo_hi = r.get(f"{speedup}_range")
             return f" ({lo_hi[0]:.2f}–{lo_hi[1]:.2f})" if lo_hi else ""
 
-        out.append(f"transformers {m.get('transformers')}; speed-up = median over {results['hf'][0].get('rounds', 3)} rounds "
-                   "of theirs/ours timed back to back (min–max in brackets).\n")
-        table(["config", "dtype", "tokens", "fwd tok/s ma2mba", "fwd tok/s transformers", "fwd speed-up",
-               "fwd+bwd tok/s ma2mba", "fwd+bwd tok/s transformers", "fwd+bwd speed-up"],
-              [(r["config"], r["dtype"], r["length"], f"{r['fwd_tok_s_ma2mba']:.0f}", f"{r['fwd_tok_s_transformers']:.0f}",
-                f"**{r['fwd_speedup']:.2f}×**" + span(r, "fwd_speedup"), f"{r['fwd_bwd_tok_s_ma2mba']:.0f}", f"{r['fwd_bwd_tok_s_transformers']:.0f}",
-                f"**{r['fwd_bwd_speedup']:.2f}×**" + span(r, "fwd_bwd_speedup")) for r in results["hf"]])
+        out.append(
+            f"transformers {m.get('transformers')}; speed-up = median over {results['hf'][0].get('rounds', 3)} rounds "
+            "of theirs/ours timed back to back (min–max in brackets).\n"
+        )
+        table(
+            [
+                "config",
+                "dtype",
+                "tokens",
+                "fwd tok/s ma2mba",
+                "fwd tok/s transformers",
+                "fwd speed-up",
+                "fwd+bwd tok/s ma2mba",
+                "fwd+bwd tok/s transformers",
+                "fwd+bwd speed-up",
+            ],
+            [
+                (
+                    r["config"],
+                    r["dtype"],
+                    r["length"],
+                    f"{r['fwd_tok_s_ma2mba']:.0f}",
+                    f"{r['fwd_tok_s_transformers']:.0f}",
+                    f"**{r['fwd_speedup']:.2f}×**" + span(r, "fwd_speedup"),
+                    f"{r['fwd_bwd_tok_s_ma2mba']:.0f}",
+                    f"{r['fwd_bwd_tok_s_transformers']:.0f}",
+                    f"**{r['fwd_bwd_speedup']:.2f}×**" + span(r, "fwd_bwd_speedup"),
+                )
+                for r in results["hf"]
+            ],
+        )
         kept = [r for r in results["hf"] if "fwd_bwd_speedup_keep" in r]
         if kept:
             mib = lambda r, who: f"{r[f'fwd_bwd_peak_bytes_{who}'] / 2**20:.0f}"
-            out.append("fwd+bwd with `use_mem_eff_path=False` (no recomputation in backward, as transformers' torch "
-                       "path), and the peak tensor memory of one fwd+bwd:\n")
-            table(["config", "dtype", "tokens", "fwd+bwd tok/s, keeping activations", "speed-up over transformers",
-                   "peak MiB: ma2mba (default)", "ma2mba, keeping activations", "transformers"],
-                  [(r["config"], r["dtype"], r["length"], f"{r['fwd_bwd_tok_s_ma2mba_keep']:.0f}",
-                    f"**{r['fwd_bwd_speedup_keep']:.2f}×**" + span(r, "fwd_bwd_speedup_keep"),
-                    mib(r, "ma2mba"), mib(r, "ma2mba_keep"), mib(r, "transformers")) for r in kept])
+            out.append(
+                "fwd+bwd with `use_mem_eff_path=False` (no recomputation in backward, as transformers' torch "
+                "path), and the peak tensor memory of one fwd+bwd:\n"
+            )
+            table(
+                [
+                    "config",
+                    "dtype",
+                    "tokens",
+                    "fwd+bwd tok/s, keeping activations",
+                    "speed-up over transformers",
+                    "peak MiB: ma2mba (default)",
+                    "ma2mba, keeping activations",
+                    "transformers",
+                ],
+                [
+                    (
+                        r["config"],
+                        r["dtype"],
+                        r["length"],
+                        f"{r['fwd_bwd_tok_s_ma2mba_keep']:.0f}",
+                        f"**{r['fwd_bwd_speedup_keep']:.2f}×**" + span(r, "fwd_bwd_speedup_keep"),
+                        mib(r, "ma2mba"),
+                        mib(r, "ma2mba_keep"),
+                        mib(r, "transformers"),
+                    )
+                    for r in kept
+                ],
+            )
     if "scan" in results:
-        table(["scan (one 130m layer: 24 heads × 64, state 128)", "dtype", "tokens run", "fwd µs/token", "fwd+bwd µs/token"],
-              [(r["impl"] + (" (extrapolated)" if r["extrapolated"] else ""), r["dtype"], r["length"],
-                f"{r['fwd_us_per_token']:.1f}", f"{r['fwd_bwd_us_per_token']:.1f}") for r in results["scan"]])
+        table(
+            [
+                "scan (one 130m layer: 24 heads × 64, state 128)",
+                "dtype",
+                "tokens run",
+                "fwd µs/token",
+                "fwd+bwd µs/token",
+            ],
+            [
+                (
+                    r["impl"] + (" (extrapolated)" if r["extrapolated"] else ""),
+                    r["dtype"],
+                    r["length"],
+                    f"{r['fwd_us_per_token']:.1f}",
+                    f"{r['fwd_bwd_us_per_token']:.1f}",
+                )
+                for r in results["scan"]
+            ],
+        )
     if "ablation" in results:
         steps = [r for r in results["ablation"] if "fwd_tok_s" in r]
-        table(["130m shape, 4 layers, 4096 tokens, fp32", "fwd tok/s", "fwd+bwd tok/s", "kept for backward, KiB/token/layer"],
-              [(r["step"], f"{r['fwd_tok_s']:.0f}", f"{r['fwd_bwd_tok_s']:.0f}", f"{r['saved_bytes_per_token_per_layer'] / 1024:.1f}")
-               for r in steps])
+        table(
+            [
+                "130m shape, 4 layers, 4096 tokens, fp32",
+                "fwd tok/s",
+                "fwd+bwd tok/s",
+                "kept for backward, KiB/token/layer",
+            ],
+            [
+                (
+                    r["step"],
+                    f"{r['fwd_tok_s']:.0f}",
+                    f"{r['fwd_bwd_tok_s']:.0f}",
+                    f"{r['saved_bytes_per_token_per_layer'] / 1024:.1f}",
+                )
+                for r in steps
+            ],
+        )
         long = [r for r in results["ablation"] if "segments_tok_s" in r]
-        table(["130m shape, 4 layers", "one segment, tok/s", "segments of 2048, tok/s"],
-              [(r["step"], f"{r['one_segment_tok_s']:.0f}", f"{r['segments_tok_s']:.0f}") for r in long])
+        table(
+            ["130m shape, 4 layers", "one segment, tok/s", "segments of 2048, tok/s"],
+            [(r["step"], f"{r['one_segment_tok_s']:.0f}", f"{r['segments_tok_s']:.0f}") for r in long],
+        )
     if "memory" in results:
         rows, previous = [], None
         for r in results["memory"]:
-            slope = "" if previous is None else f"{(r['fwd_peak_bytes'] - previous['fwd_peak_bytes']) / (r['length'] - previous['length']) / 1024:.1f}"
-            rows.append((r["length"], f"{r['fwd_peak_bytes'] / 2**20:.0f}", f"{r['bytes_per_token'] / 1024:.1f}", slope))
+            slope = (
+                ""
+                if previous is None
+                else f"{(r['fwd_peak_bytes'] - previous['fwd_peak_bytes']) / (r['length'] - previous['length']) / 1024:.1f}"
+            )
+            rows.append(
+                (r["length"], f"{r['fwd_peak_bytes'] / 2**20:.0f}", f"{r['bytes_per_token'] / 1024:.1f}", slope)
+            )
             previous = r
-        table(["130m shape, 4 layers: tokens", "forward peak MiB (with logits)", "KiB per token", "KiB per added token"], rows)
+        table(
+            ["130m shape, 4 layers: tokens", "forward peak MiB (with logits)", "KiB per token", "KiB per added token"],
+            rows,
+        )
     return "\n".join(out)
 
 
@@ -553,8 +781,14 @@ def main():
     lengths = [int(v) for v in args.lengths.split(",")]
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
-    results["machine"] = dict(cpu=cpu_name(), cores=os.cpu_count(), threads=torch.get_num_threads(),
-                              torch=torch.__version__, transformers=transformers_version(), load_average=os.getloadavg())
+    results["machine"] = dict(
+        cpu=cpu_name(),
+        cores=os.cpu_count(),
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        transformers=transformers_version(),
+        load_average=os.getloadavg(),
+    )
     sections = args.only.split(",")
     if "roofline" in sections:
         results["roofline"] = roofline()

@@ -17,16 +17,14 @@ import dataclasses
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ma2mba import train  # noqa: E402
+from ma2mba.packaged.recipe import SHAPES, new_model
+from ma2mba.training import trainer as train
 
 
 def timed_step(trainer: train.Trainer, stage: train.Stage) -> float:
@@ -43,12 +41,12 @@ def main() -> None:
     parser.add_argument("--out", default="results/train_precision.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    stage = next(s for s in train.RECIPES["shapes"] if s.name == "qa")
+    stage = next(s for s in SHAPES if s.name == "qa")
     stage = dataclasses.replace(stage, replay=0.0)
     trainers = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, bf16 in (("fp32", False), ("bf16", True)):
-            trainers[name] = train.Trainer(Path(tmp) / name, start_stage="qa", bf16=bf16)
+            trainers[name] = train.Trainer(Path(tmp) / name, SHAPES, new_model(0), start_stage="qa", bf16=bf16)
             trainers[name].curriculum.level = stage.lengths.index(args.length)
             timed_step(trainers[name], stage)  # warm-up: first calls build kernels and caches
         seconds = {name: [] for name in trainers}
@@ -57,14 +55,21 @@ def main() -> None:
                 seconds[name].append(timed_step(trainer, stage))
     ratios = [b / f for f, b in zip(seconds["fp32"], seconds["bf16"])]
     result = {
-        "length_s": args.length, "threads": args.threads, "rounds": args.rounds,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine(),
-        "native_bf16": torch.ops.mkldnn._is_mkldnn_bf16_supported(), "bf16_pays": train.bf16_pays("cpu"),
-        "seconds": seconds, "median_s": {k: statistics.median(v) for k, v in seconds.items()},
+        "length_s": args.length,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
+        "native_bf16": torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+        "bf16_pays": train.bf16_pays("cpu"),
+        "seconds": seconds,
+        "median_s": {k: statistics.median(v) for k, v in seconds.items()},
         "median_bf16_over_fp32": statistics.median(ratios),
     }
-    print(f"QA step at {args.length}-s clips, {args.threads} threads, {torch.backends.cpu.get_cpu_capability()}, "
-          f"native bf16: {result['native_bf16']}")
+    print(
+        f"QA step at {args.length}-s clips, {args.threads} threads, {torch.backends.cpu.get_cpu_capability()}, "
+        f"native bf16: {result['native_bf16']}"
+    )
     print("| precision | median s/step | rounds |")
     print("|---|---|---|")
     for name, values in seconds.items():

@@ -12,7 +12,7 @@ Sections (run all, or some with --only; results/transformer_vs_mamba.json is mer
                mamba2_magc         Multi-Axis Gradient Checkpointing, grid from the planner
   inference  Streaming frames (2 tokens each at 1 FPS): bytes of the recurrent state vs the KV cache
              after 1 min … 2 h of video, and milliseconds to ingest one more frame at that point.
-  accuracy   `ma2mba.evaluate` on held-out videos for the models that `python -m ma2mba train
+  accuracy   `ma2mba.training.evaluate` on held-out videos for the models that `python -m ma2mba train
              --recipe shapes_small [--lm transformer]` wrote (the two --runs may also be measured by two
              processes at once, one run each: each adds its model's entry to the JSON).
 
@@ -27,22 +27,20 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ma2mba import Mamba2LM
+from ma2mba.engine.lm import count_parameters
+from ma2mba.engine.transformer import TransformerLM, matched_transformer_config
+from ma2mba.memory import peak_bytes
+from ma2mba.packaged.recipe import packaged_config
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
-
-from ma2mba import Mamba2LM  # noqa: E402
-from ma2mba.baselines import TransformerLM, matched_transformer_config  # noqa: E402
-from ma2mba.lm import count_parameters  # noqa: E402
-from ma2mba.memory import peak_bytes  # noqa: E402
-from ma2mba.model import packaged_config  # noqa: E402
 
 RESULTS = ROOT / "results" / "transformer_vs_mamba.json"
 FIGURE = ROOT / "assets" / "transformer_vs_mamba.png"
@@ -82,8 +80,11 @@ def measure_training(log2_lengths, repeats: int) -> list[dict]:
     rows = []
     for k in log2_lengths:
         seq_len = 2**k
-        steps = {v: training_step(lm, v, seq_len) for v, lm in lms.items()
-                 if v != "transformer_matrix" or k <= MATRIX_MAX_LOG2}
+        steps = {
+            v: training_step(lm, v, seq_len)
+            for v, lm in lms.items()
+            if v != "transformer_matrix" or k <= MATRIX_MAX_LOG2
+        }
         peaks = {v: peak_bytes(step) for v, step in steps.items()}
         times = {v: [] for v in steps}
         for _ in range(repeats):  # in turns: a, b, c, d, a, b, c, d, …
@@ -92,11 +93,18 @@ def measure_training(log2_lengths, repeats: int) -> list[dict]:
                 step()
                 times[v].append(time.perf_counter() - start)
         for v in steps:
-            row = dict(variant=v, seq_len=seq_len, peak_bytes=peaks[v],
-                       seconds_per_token=statistics.median(times[v]) / seq_len, repeats=repeats)
+            row = dict(
+                variant=v,
+                seq_len=seq_len,
+                peak_bytes=peaks[v],
+                seconds_per_token=statistics.median(times[v]) / seq_len,
+                repeats=repeats,
+            )
             rows.append(row)
-            print(f"  {v:18s} 2^{k:<2d} peak {peaks[v] / MIB:9.1f} MiB  {1e3 * row['seconds_per_token']:.3f} ms/token",
-                  flush=True)
+            print(
+                f"  {v:18s} 2^{k:<2d} peak {peaks[v] / MIB:9.1f} MiB  {1e3 * row['seconds_per_token']:.3f} ms/token",
+                flush=True,
+            )
     return rows
 
 
@@ -111,7 +119,9 @@ def measure_inference(minutes, repeats: int) -> list[dict]:
         for m in minutes:
             while frames < 60 * m:  # prefill: at most 512 frames a call
                 n = min(512, 60 * m - frames)
-                state = lm(inputs_embeds=torch.randn(1, n * TOKENS_PER_FRAME, d), state=state, return_logits=False).state
+                state = lm(
+                    inputs_embeds=torch.randn(1, n * TOKENS_PER_FRAME, d), state=state, return_logits=False
+                ).state
                 frames += n
             frame = torch.randn(1, TOKENS_PER_FRAME, d)
             times = []
@@ -119,17 +129,26 @@ def measure_inference(minutes, repeats: int) -> list[dict]:
                 start = time.perf_counter()
                 lm(inputs_embeds=frame, state=state, return_logits=False)
                 times.append(time.perf_counter() - start)
-            rows.append(dict(variant=v, minutes=m, tokens=frames * TOKENS_PER_FRAME, state_bytes=state.nbytes(),
-                             ms_per_frame=1e3 * statistics.median(times)))
-            print(f"  {v:12s} {m:4d} min  state {state.nbytes() / MIB:8.2f} MiB  {rows[-1]['ms_per_frame']:.2f} ms/frame",
-                  flush=True)
+            rows.append(
+                dict(
+                    variant=v,
+                    minutes=m,
+                    tokens=frames * TOKENS_PER_FRAME,
+                    state_bytes=state.nbytes(),
+                    ms_per_frame=1e3 * statistics.median(times),
+                )
+            )
+            print(
+                f"  {v:12s} {m:4d} min  state {state.nbytes() / MIB:8.2f} MiB  {rows[-1]['ms_per_frame']:.2f} ms/frame",
+                flush=True,
+            )
     return rows
 
 
 def measure_accuracy(runs, sets: dict[int, int]) -> dict:
     """sets: held-out video length in minutes -> number of videos."""
-    from ma2mba import evaluate
-    from ma2mba.model import VideoMa2mba
+    from ma2mba.training import evaluate
+    from ma2mba.video.model import VideoMa2mba
 
     out = {}
     for run in map(Path, runs):
@@ -139,11 +158,15 @@ def measure_accuracy(runs, sets: dict[int, int]) -> dict:
         started = time.perf_counter()
         report = {}
         for minutes, videos in sets.items():
-            report |= evaluate.run(model, [minutes], videos=videos, baselines=True,
-                                   progress=lambda s: print(f"  {kind}: {s}", flush=True))
+            report |= evaluate.run(
+                model, [minutes], videos=videos, baselines=True, progress=lambda s: print(f"  {kind}: {s}", flush=True)
+            )
         out[kind] = {
-            "run": str(run), "eval": report, "eval_seconds": round(time.perf_counter() - started, 1),
-            "train_minutes": round(log[-1]["wall_seconds"] / 60, 1), "train_steps": len(log),
+            "run": str(run),
+            "eval": report,
+            "eval_seconds": round(time.perf_counter() - started, 1),
+            "train_minutes": round(log[-1]["wall_seconds"] / 60, 1),
+            "train_steps": len(log),
             "lm_parameters": count_parameters(model.lm),
             "qa_curriculum_level": max(r["level"] for r in log if r["stage"] == "qa"),
             "qa_lengths_trained": sorted({r["length"] for r in log if r["stage"] == "qa"}),
@@ -168,21 +191,28 @@ def training_table(rows) -> str:
 
 def inference_table(rows) -> str:
     at = {(r["variant"], r["minutes"]): r for r in rows}
-    lines = ["| video | tokens | KV cache MiB | Mamba-2 state MiB | Transformer ms/frame | Mamba-2 ms/frame |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| video | tokens | KV cache MiB | Mamba-2 state MiB | Transformer ms/frame | Mamba-2 ms/frame |",
+        "|---|---|---|---|---|---|",
+    ]
     for m in sorted({r["minutes"] for r in rows}):
         t, s = at[("transformer", m)], at[("mamba2", m)]
-        lines.append(f"| {m} min | {t['tokens']} | {t['state_bytes'] / MIB:.2f} | {s['state_bytes'] / MIB:.2f} | "
-                     f"{t['ms_per_frame']:.2f} | {s['ms_per_frame']:.2f} |")
+        lines.append(
+            f"| {m} min | {t['tokens']} | {t['state_bytes'] / MIB:.2f} | {s['state_bytes'] / MIB:.2f} | "
+            f"{t['ms_per_frame']:.2f} | {s['ms_per_frame']:.2f} |"
+        )
     return "\n".join(lines)
 
 
 def accuracy_table(acc) -> str:
-    from ma2mba.evaluate import format_table
+    from ma2mba.training.evaluate import format_table
 
-    return "\n\n".join(f"**{kind}** (trained {a['train_minutes']} min, {a['train_steps']} steps; "
-                       f"QA curriculum reached level {a['qa_curriculum_level']}, lengths {a['qa_lengths_trained']})\n\n"
-                       + format_table(a["eval"]) for kind, a in acc.items())
+    return "\n\n".join(
+        f"**{kind}** (trained {a['train_minutes']} min, {a['train_steps']} steps; "
+        f"QA curriculum reached level {a['qa_curriculum_level']}, lengths {a['qa_lengths_trained']})\n\n"
+        + format_table(a["eval"])
+        for kind, a in acc.items()
+    )
 
 
 def draw(data: dict) -> None:
@@ -192,8 +222,12 @@ def draw(data: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    style = {"transformer": ("C3", "o-"), "transformer_matrix": ("C1", "s--"), "mamba2": ("C0", "o-"),
-             "mamba2_magc": ("C2", "^-")}
+    style = {
+        "transformer": ("C3", "o-"),
+        "transformer_matrix": ("C1", "s--"),
+        "mamba2": ("C0", "o-"),
+        "mamba2_magc": ("C2", "^-"),
+    }
     for v in VARIANTS:
         rows = sorted((r for r in data.get("training", []) if r["variant"] == v), key=lambda r: r["seq_len"])
         if rows:
@@ -203,11 +237,19 @@ def draw(data: dict) -> None:
             axes[1].plot(xs, [1e3 * r["seconds_per_token"] for r in rows], fmt, color=color, label=v)
     for v, color in (("transformer", "C3"), ("mamba2", "C0")):
         rows = [r for r in data.get("inference", []) if r["variant"] == v]
-        axes[2].plot([r["minutes"] for r in rows], [r["state_bytes"] / MIB for r in rows], "o-", color=color,
-                     label="KV cache" if v == "transformer" else "Mamba-2 state")
+        axes[2].plot(
+            [r["minutes"] for r in rows],
+            [r["state_bytes"] / MIB for r in rows],
+            "o-",
+            color=color,
+            label="KV cache" if v == "transformer" else "Mamba-2 state",
+        )
     titles = ("training: peak memory above weights", "training: time per token", "inference: memory of the past")
-    labels = (("sequence length (tokens)", "MiB"), ("sequence length (tokens)", "ms / token"),
-              ("video watched at 1 FPS (minutes)", "MiB"))
+    labels = (
+        ("sequence length (tokens)", "MiB"),
+        ("sequence length (tokens)", "ms / token"),
+        ("video watched at 1 FPS (minutes)", "MiB"),
+    )
     for ax, title, (xl, yl) in zip(axes, titles, labels):
         if not ax.lines:  # a section not measured yet
             ax.set_axis_off()
@@ -241,10 +283,16 @@ def measure(args) -> dict:
     """The sections named by --only, and the setup they ran on."""
     torch.set_num_threads(args.threads)
     only = args.only.split(",")
-    new = dict(setup=dict(
-        torch=torch.__version__, machine=platform.machine(), threads=args.threads,
-        mamba2=packaged_config().lm.to_dict(), transformer=matched_transformer_config(packaged_config().lm).to_dict(),
-        lm_parameters={v: count_parameters(make_lm(v)) for v in ("mamba2", "transformer")}))
+    new = dict(
+        setup=dict(
+            torch=torch.__version__,
+            machine=platform.machine(),
+            threads=args.threads,
+            mamba2=packaged_config().lm.to_dict(),
+            transformer=matched_transformer_config(packaged_config().lm).to_dict(),
+            lm_parameters={v: count_parameters(make_lm(v)) for v in ("mamba2", "transformer")},
+        )
+    )
     if "training" in only:
         print("training step:")
         new["training"] = measure_training([int(k) for k in args.log2.split(",")], args.repeats)

@@ -9,9 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-PACKAGED_MODEL_DIR = PACKAGE_ROOT / "assets" / "ma2mba-shapes"
-
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -19,12 +16,18 @@ class ModelNotFoundError(RuntimeError):
     """A model name or path that cannot be loaded; the message says what to do."""
 
 
+class ModelFileError(ModelNotFoundError):
+    """A model folder whose files are there but wrong: unreadable, truncated, or not the model its config describes."""
+
+
 def looks_like_repo_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
-def resolve_model_dir(name_or_path: str | os.PathLike, files=("config.json", *WEIGHT_FILES, "tokenizer.json", "README.md")) -> Path:
+def resolve_model_dir(
+    name_or_path: str | os.PathLike, files=("config.json", *WEIGHT_FILES, "tokenizer.json", "README.md")
+) -> Path:
     """Return a local folder holding the model: the path itself, or a Hub snapshot of the repo.
 
     Only `files` are downloaded from the Hub (missing optional ones are fine).
@@ -69,12 +72,38 @@ def find_weights(folder: Path) -> Path:
     raise ModelNotFoundError(f"{folder} has no weights: expected one of {', '.join(WEIGHT_FILES)}.")
 
 
-def load_state_dict(path: Path) -> dict:
-    """Read weights without unpickling arbitrary objects."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def read_weights(path: Path) -> dict:
+    """Read weights without unpickling arbitrary objects; a damaged file raises ModelFileError naming it."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    import torch
+            return load_file(str(path))
+        import torch
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # safetensors and torch raise several types for a damaged file
+        raise ModelFileError(
+            f"{path} cannot be read as weights ({type(e).__name__}: {e}). "
+            "The file is damaged or incomplete: download or export it again."
+        ) from e
+
+
+def load_checked(module, state: dict, path: Path) -> None:
+    """module.load_state_dict(state), with every missing key, unexpected key and shape mismatch named."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)}, model {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(state))
+        if state[k].shape != expected[k].shape
+    ]
+    problems = [
+        f"{len(v)} {what}: {', '.join(v[:8])}{' …' if len(v) > 8 else ''}"
+        for what, v in (("missing", missing), ("unexpected", unexpected), ("with the wrong shape", shapes))
+        if v
+    ]
+    if problems:
+        raise ModelFileError(f"{path} does not match the model its config.json describes: " + "; ".join(problems) + ".")
+    module.load_state_dict(state)

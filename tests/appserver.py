@@ -24,8 +24,14 @@ def free_port() -> int:
 def running_app(**env):
     """Start app.py with extra environment variables; yield its URL; stop it."""
     port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", **{k: str(v) for k, v in env.items()}}
+    env = {
+        **os.environ,
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        **{k: str(v) for k, v in env.items()},
+    }
     with tempfile.TemporaryFile("w+") as log:
         server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
@@ -40,7 +46,7 @@ def running_app(**env):
                     break
                 except OSError:
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"app.py did not answer on {url} within {STARTUP_TIMEOUT_S} s")
+                        raise TimeoutError(f"app.py did not answer on {url} within {STARTUP_TIMEOUT_S} s") from None
                     time.sleep(0.5)
             yield url
         finally:

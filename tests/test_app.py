@@ -16,15 +16,12 @@ from appserver import running_app
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from ma2mba.data import shapeworld, write_mp4
-from ma2mba.examples import load_examples
-from ma2mba.hub import PACKAGED_MODEL_DIR
+from ma2mba.data import world
+from ma2mba.data.render import write_mp4
+from ma2mba.packaged.examples import load_examples
 
 EXAMPLES = {e["file"]: e for e in load_examples()}
 MAX_NEW_TOKENS = 8
-TRAINED = (PACKAGED_MODEL_DIR / "model.safetensors").is_file()
-needs_trained_model = pytest.mark.skipif(
-    not TRAINED, reason="needs the trained packaged model (assets/ma2mba-shapes/model.safetensors), not in the repo yet")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +34,6 @@ def url():
 def reference():
     """Answers of a session run here, on the frames the app decodes, with the app's model."""
     import app  # the app's model and decoding settings (importing it starts no server)
-
     from ma2mba.video import sample_frames
 
     torch.set_num_threads(app.SETTINGS["torch_threads"])  # the same kernels, bit for bit
@@ -113,14 +109,13 @@ def test_asking_as_of_an_earlier_time_rewinds(url, reference, name):
     watch(client, name)
     rewind = EXAMPLES[name]["rewind"]
     answer, messages = ask(client, rewind["question"], as_of=rewind["as_of"])
-    assert messages[0] == f"{rewind['question']}  \n*(as of {shapeworld.format_time(rewind['as_of'])})*"  # m:ss
+    assert messages[0] == f"{rewind['question']}  \n*(as of {world.format_time(rewind['as_of'])})*"  # m:ss
     # the answer of a session that saw only the frames up to then (0 … as_of, one per second)
     assert answer == reference(name, rewind["question"], frames=rewind["as_of"] + 1)
     assert messages[-1].endswith(f"ShapeWorld's answer: **{rewind['answer']}**")  # the truth then, not at the end
     assert rewind["answer"] != rewind["answer_at_end"]
 
 
-@needs_trained_model
 def test_the_trained_model_answers_the_suggested_questions(url):
     client = Client(url, verbose=False)
     name = "shapes-30s.mp4"
@@ -180,7 +175,7 @@ def test_bad_uploads_get_readable_errors_and_the_app_keeps_working(url, tmp_path
     big = tmp_path / "big.mp4"
     big.write_bytes(data * (4 * 2**20 // len(data) + 1))  # above the 3 MB upload limit of this server
     too_long = tmp_path / "long.mp4"  # 160 s, above this server's 150 s limit; tiny, so quick to write
-    write_mp4(shapeworld.generate(7, 160), too_long, fps=1, width=64, height=64)
+    write_mp4(world.generate(7, 160), too_long, fps=1, width=64, height=64)
     cases = [
         (text, "is not a video file"),
         (empty, "is empty (0 bytes)"),
@@ -239,7 +234,7 @@ def test_memory_lab_yields_a_curve_per_mode_with_equal_losses(url):
     for mode, step, loss in losses["data"]:
         by_step.setdefault(step, {})[mode] = loss
     assert sorted(by_step) == [1, 2]
-    for step, per_mode in by_step.items():
+    for per_mode in by_step.values():
         assert set(per_mode) == set(labels)
         assert max(per_mode.values()) - min(per_mode.values()) <= 1e-5 * per_mode["none"]
     assert [row[0] for row in summary["data"]] == labels

@@ -9,11 +9,20 @@ import torch
 from tiny import check_split_and_step_identity, tiny_video_model
 
 from ma2mba import Mamba2Config, State
-from ma2mba.baselines import (CheckpointingModeError, KVCache, TransformerConfig, TransformerLM, mamba_params,
-                              matched_transformer_config, transformer_params)
-from ma2mba.evaluate import answer_batch
-from ma2mba.lm import count_parameters
-from ma2mba.model import VideoConfig, VideoMa2mba, packaged_config
+from ma2mba.engine.lm import count_parameters
+from ma2mba.engine.transformer import (
+    CheckpointingModeError,
+    KVCache,
+    TransformerConfig,
+    TransformerLM,
+    mamba_params,
+    matched_transformer_config,
+    transformer_params,
+)
+from ma2mba.packaged.recipe import SMOKE, new_model, packaged_config
+from ma2mba.training.evaluate import answer_batch
+from ma2mba.training.trainer import Trainer
+from ma2mba.video.model import VideoConfig, VideoMa2mba
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -46,7 +55,10 @@ def reference_logits(lm, ids):
     def rotary(x):  # (B, L, H, D): dims i and i + D/2 are the real and imaginary parts of one complex number
         pos = torch.arange(x.shape[1], dtype=x.dtype)[:, None]
         freqs = c.rope_theta ** (-torch.arange(half, dtype=x.dtype) / half)
-        z = torch.complex(x[..., :half], x[..., half:]) * torch.polar(torch.ones_like(pos * freqs), pos * freqs)[:, None]
+        z = (
+            torch.complex(x[..., :half], x[..., half:])
+            * torch.polar(torch.ones_like(pos * freqs), pos * freqs)[:, None]
+        )
         return torch.cat([z.real, z.imag], -1)
 
     b, length = ids.shape
@@ -55,7 +67,7 @@ def reference_logits(lm, ids):
     for layer in lm.backbone.layers:
         q, k, v = (rms(x, layer.norm1.weight) @ layer.attn.qkv.weight.T).view(b, length, 3, h, dh).unbind(2)
         q, k = rotary(q), rotary(k)
-        scores = torch.einsum("bihd,bjhd->bhij", q, k) / dh ** 0.5
+        scores = torch.einsum("bihd,bjhd->bhij", q, k) / dh**0.5
         weights = scores.masked_fill(future, -float("inf")).softmax(-1)
         y = torch.einsum("bhij,bjhd->bihd", weights, v).reshape(b, length, -1)
         x = x + y @ layer.attn.out_proj.weight.T
@@ -128,8 +140,10 @@ def test_batched_answers_equal_answers_alone(kind):
     questions = ["Did a blue circle appear?", "What shape appeared first?", "How many times did a red star appear?"]
     state = model.lm(inputs_embeds=torch.randn(3, 7, 32), return_logits=False).state
     batched = answer_batch(model, state, questions, max_new_tokens=4)
-    alone = [answer_batch(model, state.map(lambda t: t[i:i + 1]), [q], max_new_tokens=4)[0]
-             for i, q in enumerate(questions)]
+    alone = [
+        answer_batch(model, state.map(lambda t: t[i : i + 1]), [q], max_new_tokens=4)[0]
+        for i, q in enumerate(questions)
+    ]
     assert batched == alone
 
 
@@ -172,11 +186,17 @@ def test_layer_checkpointing_keeps_the_gradients_and_other_modes_are_refused():
         lm.set_checkpointing("multi_axis")
 
 
-@pytest.mark.parametrize("mamba", [
-    packaged_config().lm,
-    Mamba2Config(d_model=1024, n_layer=48, vocab_size=50277, pad_vocab_size_multiple=16),  # mamba2-370m
-    Mamba2Config(d_model=256, n_layer=4, vocab_size=1000, ssm_cfg=dict(expand=1)),  # too small for 4 attention layers
-], ids=["packaged", "370m", "expand1"])
+@pytest.mark.parametrize(
+    "mamba",
+    [
+        packaged_config().lm,
+        Mamba2Config(d_model=1024, n_layer=48, vocab_size=50277, pad_vocab_size_multiple=16),  # mamba2-370m
+        Mamba2Config(
+            d_model=256, n_layer=4, vocab_size=1000, ssm_cfg=dict(expand=1)
+        ),  # too small for 4 attention layers
+    ],
+    ids=["packaged", "370m", "expand1"],
+)
 def test_parameter_count_matches_mamba(mamba):
     config = matched_transformer_config(mamba)
     target = mamba_params(mamba)
@@ -188,7 +208,9 @@ def test_parameter_count_matches_mamba(mamba):
 
 def transformer_video_model(mamba_model: VideoMa2mba) -> VideoMa2mba:
     """The same video model with a Transformer LM of its width."""
-    lm = TransformerConfig(d_model=32, n_layer=2, n_head=4, d_intermediate=24, vocab_size=mamba_model.config.lm.vocab_size)
+    lm = TransformerConfig(
+        d_model=32, n_layer=2, n_head=4, d_intermediate=24, vocab_size=mamba_model.config.lm.vocab_size
+    )
     torch.manual_seed(0)
     return VideoMa2mba(dataclasses.replace(mamba_model.config, lm=lm), mamba_model.tokenizer).eval()
 
@@ -207,13 +229,10 @@ def test_video_model_folder_remembers_the_transformer(tmp_path):
     assert session.stats()["state_bytes"] > before  # the cache grows with every frame
 
 
-def test_trainer_runs_every_stage_with_the_transformer(tmp_path, monkeypatch):
-    from ma2mba import train
-
+def test_trainer_runs_every_stage_with_the_transformer(tmp_path):
     # The smoke recipe without MA-GC, which a Transformer has no use for.
-    smoke = [dataclasses.replace(s, checkpointing="none") for s in train.RECIPES["smoke"]]
-    monkeypatch.setitem(train.RECIPES, "smoke_transformer", smoke)
-    trainer = train.Trainer(tmp_path, recipe="smoke_transformer", bf16=False, lm="transformer")
+    smoke = [dataclasses.replace(s, checkpointing="none") for s in SMOKE]
+    trainer = Trainer(tmp_path, smoke, new_model(0, lm="transformer"), bf16=False)
     trainer.run(progress=False)
     assert trainer.stage_index == len(smoke)
     loaded = VideoMa2mba.from_pretrained(tmp_path / "model")

@@ -13,14 +13,23 @@ import pytest
 from appserver import ROOT, running_app
 
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 EXAMPLES = ROOT / "assets" / "examples"
 SCREENSHOTS = {"watch": ROOT / "assets" / "screenshot-watch.png", "lab": ROOT / "assets" / "screenshot-lab.png"}
 TIMEOUT_MS = 120_000
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file() or shutil.which("chromium") is None,
-                                reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).is_file() or shutil.which("chromium") is None,
+    reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +60,7 @@ def frames_shown(page) -> int:
 
 def test_upload_watch_and_chat(page):
     page.get_by_label("10× real time").check()  # slow enough to see the progress move
-    page.locator("input[type=file]").first.set_input_files(
-        str(EXAMPLES / "shapes-portrait-45s.mp4"))
+    page.locator("input[type=file]").first.set_input_files(str(EXAMPLES / "shapes-portrait-45s.mp4"))
     seen = set()
     deadline = time.monotonic() + TIMEOUT_MS / 1000
     while not (page.locator("#watch-progress").get_attribute("data-state") or "").startswith("Done"):
@@ -65,7 +73,7 @@ def test_upload_watch_and_chat(page):
     assert "Mamba-2 state" in page.locator("#watch-memory").inner_text()
 
     page.get_by_role("button", name="What shape appeared first?").click()  # a suggested question
-    page.wait_for_selector("#chat :text(\"ShapeWorld's answer\")")
+    page.wait_for_selector('#chat :text("ShapeWorld\'s answer")')
     page.locator("#question textarea").fill("How many times did a yellow star appear?")
     page.locator("#ask").click()
     page.wait_for_function("document.querySelector('#chat').innerText.split(\"ShapeWorld's answer\").length === 3")
@@ -77,8 +85,10 @@ def test_upload_watch_and_chat(page):
 def test_stop_button_stops_ingestion(page):
     page.get_by_label("real time", exact=True).check()
     page.get_by_text("shapes-60s.mp4 · 640×360").click()  # an example: loads it into the player
-    page.wait_for_function("Number(document.querySelector('#watch-progress').dataset.frames) >= 3"
-                           " && document.querySelector('#watch-progress').dataset.state === 'Watching'")
+    page.wait_for_function(
+        "Number(document.querySelector('#watch-progress').dataset.frames) >= 3"
+        " && document.querySelector('#watch-progress').dataset.state === 'Watching'"
+    )
     page.locator("#stop-watch").click()
     page.wait_for_selector("#watch-progress[data-state^='Stopped at']")
     time.sleep(2.5)  # at real time, ingestion would have moved on by two frames

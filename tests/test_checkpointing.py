@@ -6,11 +6,14 @@ import pytest
 import torch
 
 from ma2mba import Mamba2Config, Mamba2LM
-from ma2mba.checkpointing import (
-    CheckpointingError, MemoryBudgetError, max_seq_len, plan, predict_peak_bytes,
-)
 from ma2mba.memory import peak_bytes, without_data
-
+from ma2mba.memory.checkpointing import (
+    CheckpointingError,
+    MemoryBudgetError,
+    max_seq_len,
+    plan,
+    predict_peak_bytes,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny ops: a second thread only waits
 
@@ -43,7 +46,9 @@ def train_step(lm, b, S, use_embeds, initial_state, loss_reads_state):
     weights = torch.randn(out.logits.shape, generator=g, dtype=dtype)
     loss = (weights * out.logits).sum()
     if loss_reads_state:
-        loss = loss + sum((torch.randn(t.shape, generator=g, dtype=t.dtype) * t).sum() for pair in out.state for t in pair)
+        loss = loss + sum(
+            (torch.randn(t.shape, generator=g, dtype=t.dtype) * t).sum() for pair in out.state for t in pair
+        )
     loss.backward()
     grads = {name: p.grad.clone() for name, p in lm.named_parameters()}
     if use_embeds:
@@ -107,20 +112,24 @@ def test_gradients_reach_each_parameter_once_per_step():
         torch.testing.assert_close(p.grad, 2 * ref[name], rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("bad", [
-    dict(mode="diagonal"),
-    dict(mode="multi_axis", tokens_per_segment=6),  # not a multiple of the chunk (4)
-    dict(mode="multi_axis", layers_per_block=0),
-    dict(mode="multi_axis", layers_per_block=6),
-    dict(mode="layer", tokens_per_segment=8),
-    dict(mode="multi_axis", layers_per_block=2, tokens_per_segment=8, budget_bytes=2**30),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(mode="diagonal"),
+        dict(mode="multi_axis", tokens_per_segment=6),  # not a multiple of the chunk (4)
+        dict(mode="multi_axis", layers_per_block=0),
+        dict(mode="multi_axis", layers_per_block=6),
+        dict(mode="layer", tokens_per_segment=8),
+        dict(mode="multi_axis", layers_per_block=2, tokens_per_segment=8, budget_bytes=2**30),
+    ],
+)
 def test_impossible_settings_raise_a_named_error(bad):
     with pytest.raises(CheckpointingError):
         Mamba2LM(TINY).set_checkpointing(**bad)
 
 
 # --- the planner against the meter ---
+
 
 @pytest.mark.parametrize("mode,l,s", [("layer", None, None), ("multi_axis", 2, 8)], ids=["layer", "multi_axis-l2-s8"])
 def test_checkpointing_a_model_that_keeps_its_mixer_activations(mode, l, s):
@@ -164,8 +173,14 @@ def test_planner_predicts_every_mode_within_15_percent(keep):
     S, batch = 600, 2  # 600 is not a multiple of the chunk
     config = keeping_activations(MID) if keep else MID
     lm = Mamba2LM(config)
-    for mode, l, s in [("none", None, None), ("layer", None, None), ("sqrt", None, None),
-                       ("multi_axis", 2, 64), ("multi_axis", 4, 256), ("multi_axis", None, None)]:
+    for mode, l, s in [
+        ("none", None, None),
+        ("layer", None, None),
+        ("sqrt", None, None),
+        ("multi_axis", 2, 64),
+        ("multi_axis", 4, 256),
+        ("multi_axis", None, None),
+    ]:
         lm.set_checkpointing(mode, layers_per_block=l, tokens_per_segment=s)
         measured = measured_step_peak(lm, S, batch)
         predicted = predict_peak_bytes(config, S, mode, batch, layers_per_block=l, tokens_per_segment=s)
@@ -197,7 +212,11 @@ def test_planner_choice_fits_its_budget_on_the_cpu():
 def test_too_small_a_budget_names_the_longest_sequence_that_fits():
     budget = 64 * 2**20
     longest = max_seq_len(MID, budget, "multi_axis", batch=2)
-    assert predict_peak_bytes(MID, longest, "multi_axis", 2) <= budget < predict_peak_bytes(MID, longest + 1, "multi_axis", 2)
+    assert (
+        predict_peak_bytes(MID, longest, "multi_axis", 2)
+        <= budget
+        < predict_peak_bytes(MID, longest + 1, "multi_axis", 2)
+    )
     with pytest.raises(MemoryBudgetError, match=f"at most {longest} tokens") as err:
         plan(MID, 4 * longest, batch=2, budget_bytes=budget)
     assert err.value.longest_seq_len == longest

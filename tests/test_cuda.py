@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ma2mba import Mamba2Config, Mamba2LM
-from ma2mba.ssd import cuda_kernels_available, ssd_scan, ssd_step
+from ma2mba.engine.ssd import cuda_kernels_available, ssd_scan, ssd_step
 
 pytestmark = [
     pytest.mark.gpu,
@@ -21,10 +21,15 @@ def rel_err(a, b):
 
 def inputs(b=2, l=300, h=8, p=64, g=2, n=64, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    randn = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    randn = lambda *s: torch.randn(*s, generator=gen)
     return dict(
-        x=randn(b, l, h, p), dt=randn(b, l, h) - 2, A=-torch.exp(torch.rand(h, generator=gen) * 2.7),
-        B=randn(b, l, g, n), C=randn(b, l, g, n), D=randn(h), dt_bias=randn(h) - 2,
+        x=randn(b, l, h, p),
+        dt=randn(b, l, h) - 2,
+        A=-torch.exp(torch.rand(h, generator=gen) * 2.7),
+        B=randn(b, l, g, n),
+        C=randn(b, l, g, n),
+        D=randn(h),
+        dt_bias=randn(h) - 2,
         initial_state=randn(b, h, p, n),
     )
 
@@ -66,14 +71,16 @@ def test_lm_on_gpu_matches_cpu():
 
 
 def test_training_runs_on_the_gpu_and_resumes_on_the_cpu(tmp_path):
-    from ma2mba.evaluate import answer_batch, watch
-    from ma2mba.train import RECIPES, Trainer
+    from ma2mba.packaged.recipe import SMOKE, new_model
+    from ma2mba.serving.frames import watch
+    from ma2mba.training.evaluate import answer_batch
+    from ma2mba.training.trainer import Trainer
 
-    total = sum(s.steps for s in RECIPES["smoke"])
-    gpu = Trainer(tmp_path, recipe="smoke", device="cuda")
+    total = sum(s.steps for s in SMOKE)
+    gpu = Trainer(tmp_path, SMOKE, new_model(0), device="cuda")
     gpu.run(progress=False, max_steps=total - 1)
     assert gpu.model.device.type == "cuda"
-    cpu = Trainer(tmp_path, recipe="smoke", bf16=False)  # the checkpoint written on the GPU
+    cpu = Trainer(tmp_path, SMOKE, new_model(0), bf16=False)  # the checkpoint written on the GPU
     assert cpu.model.device.type == "cpu" and cpu.step == gpu.step
     cpu.run(progress=False)
     model = cpu.model.cuda().eval()

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ma2mba import lab
-from ma2mba.checkpointing import predict_peak_bytes
+from ma2mba import memory_lab as lab
+from ma2mba.memory.checkpointing import predict_peak_bytes
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -52,7 +52,9 @@ def test_every_mode_trains_to_the_losses_of_plain_training():
     recorded = [s for s in steps if s.timeline]
     assert [s.mode for s in recorded] == list(lab.MODES) and all(s.step == 0 for s in recorded)
     for s in recorded:
-        assert len(s.timeline) <= lab.TIMELINE_POINTS and max(s.timeline) == s.peak_bytes == summaries[s.mode].peak_bytes
+        assert (
+            len(s.timeline) <= lab.TIMELINE_POINTS and max(s.timeline) == s.peak_bytes == summaries[s.mode].peak_bytes
+        )
 
 
 def test_checkpointing_keeps_less_and_the_planner_predicts_it():
@@ -64,8 +66,9 @@ def test_checkpointing_keeps_less_and_the_planner_predicts_it():
         # the planner models the LM alone; the lab's step adds the projector and time markers
         assert s.predicted_bytes == pytest.approx(s.peak_bytes, rel=0.3), mode
     grid = summaries["multi_axis"]
-    assert (grid.layers_per_block, grid.tokens_per_segment) == lab.planned_grid(lab.PRESETS["packaged"].lm, grid.tokens,
-                                                                               "multi_axis")
+    assert (grid.layers_per_block, grid.tokens_per_segment) == lab.planned_grid(
+        lab.PRESETS["packaged"].lm, grid.tokens, "multi_axis"
+    )
     assert grid.tokens_per_segment < grid.tokens  # MA-GC cuts the sequence too
     assert (summaries["none"].layers_per_block, summaries["layer"].layers_per_block) == (6, 1)
 
@@ -121,7 +124,9 @@ def test_longest_clips_fit_the_budget_and_one_second_more_does_not():
     reach = {r.mode: r for r in lab.longest_clips("medium", budget)}
     assert list(reach) == list(lab.MODES)
     for mode, r in reach.items():
-        assert predict_peak_bytes(preset.lm, r.tokens, mode) <= budget < predict_peak_bytes(preset.lm, r.tokens + 1, mode)
+        assert (
+            predict_peak_bytes(preset.lm, r.tokens, mode) <= budget < predict_peak_bytes(preset.lm, r.tokens + 1, mode)
+        )
         assert lab.sequence_tokens(preset, r.seconds) <= r.tokens < lab.sequence_tokens(preset, r.seconds + 1)
     assert reach["none"].seconds < reach["layer"].seconds < reach["multi_axis"].seconds
     with pytest.raises(lab.LabError, match="positive"):
@@ -134,8 +139,11 @@ def test_kv_cache_bytes_match_a_real_transformer_cache():
     from ma2mba import Mamba2Config
 
     n_layer, d_model, tokens = 3, 32, 11
-    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_embd=d_model, n_head=4, vocab_size=50, n_positions=64,
-                                      bos_token_id=0, eos_token_id=0)).eval()
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=n_layer, n_embd=d_model, n_head=4, vocab_size=50, n_positions=64, bos_token_id=0, eos_token_id=0
+        )
+    ).eval()
     with torch.no_grad():
         cache = gpt2(torch.randint(0, 50, (1, tokens)), use_cache=True).past_key_values
     real = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
@@ -143,7 +151,7 @@ def test_kv_cache_bytes_match_a_real_transformer_cache():
 
 
 def test_state_bytes_match_a_live_session():
-    from ma2mba.model import load_model
+    from ma2mba import load_model
 
     model = load_model()
     assert lab.state_bytes(model.config.lm) == model.start_session().stats()["state_bytes"]

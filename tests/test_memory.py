@@ -4,7 +4,6 @@ import torch
 from ma2mba import Mamba2Config, Mamba2LM
 from ma2mba.memory import peak_bytes, record_timeline, tensor_bytes, without_data
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny ops: a second thread only waits
 
 
@@ -93,6 +92,8 @@ def test_cpu_meter_agrees_with_cuda_allocator():
             lm.lm_head(hidden[:, -1]).logsumexp(-1).sum().backward()
 
         measured[device] = peak_bytes(step, device=device)
-    print(f"CPU meter {measured['cpu']} B, CUDA allocator {measured['cuda']} B, "
-          f"difference {measured['cuda'] / measured['cpu'] - 1:+.1%}")
+    print(
+        f"CPU meter {measured['cpu']} B, CUDA allocator {measured['cuda']} B, "
+        f"difference {measured['cuda'] / measured['cpu'] - 1:+.1%}"
+    )
     assert measured["cuda"] == pytest.approx(measured["cpu"], rel=0.1)

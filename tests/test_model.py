@@ -9,8 +9,9 @@ from tiny import random_frames, tiny_video_model
 
 from ma2mba import load_model
 from ma2mba.hub import ModelNotFoundError
-from ma2mba.model import IGNORE, VideoMa2mba, time_features
-from ma2mba.vision import VisionConfig, letterbox
+from ma2mba.video.model import IGNORE, VideoMa2mba
+from ma2mba.video.time_markers import time_features
+from ma2mba.video.vision import VisionConfig, letterbox
 
 
 def test_template_follows_the_paper():
@@ -26,7 +27,7 @@ def test_template_follows_the_paper():
 def test_time_markers_spell_m_ss():
     feats = time_features([0, 83, 4504])  # 0:00, 1:23, 75:04
     offsets = np.cumsum([0, 16, 10, 6])
-    digits = [[int(np.argmax(f[o:o + w])) for o, w in zip(offsets, (16, 10, 6, 10))] for f in feats.numpy()]
+    digits = [[int(np.argmax(f[o : o + w])) for o, w in zip(offsets, (16, 10, 6, 10))] for f in feats.numpy()]
     assert digits == [[0, 0, 0, 0], [0, 1, 2, 3], [7, 5, 0, 4]]
     assert feats.sum(1).tolist() == [4, 4, 4]
 
@@ -37,7 +38,7 @@ def test_every_frame_gets_its_time_marker_first():
     out = model.frame_embeds(visual, [5, 6, 7])
     assert out.shape == (2, 3, 5, 32)
     torch.testing.assert_close(out[:, :, 1:], visual)
-    marker = model.time_embed(time_features([6]))
+    marker = model.time_embed([6])
     torch.testing.assert_close(out[1, 1, 0], marker[0])
 
 
@@ -71,7 +72,7 @@ def test_save_and_load_round_trip(tmp_path):
     for t, f in enumerate(frames):
         a.ingest(f, t)
         b.ingest(f, t)
-    for (c1, s1), (c2, s2) in zip(a.state, b.state):
+    for (_c1, s1), (_c2, s2) in zip(a.state, b.state):
         assert torch.equal(s1, s2)
     q = "How many times did a red star appear?"
     assert a.answer(q, max_new_tokens=5) == b.answer(q, max_new_tokens=5)
@@ -94,9 +95,10 @@ def test_loading_errors_say_what_to_do(tmp_path, monkeypatch):
 
 
 def test_clip_tower_uses_the_penultimate_layer_pooled_2x2(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    clip_cfg = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2,
-                    image_size=56, patch_size=7)  # 8×8 patches -> 4×4 = 16 tokens per frame
+    pytest.importorskip("transformers")
+    clip_cfg = dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=56, patch_size=7
+    )  # 8×8 patches -> 4×4 = 16 tokens per frame
     model = tiny_video_model()
     torch.manual_seed(1)
     cfg = model.config

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from ma2mba import load_model
-from ma2mba.data import shapeworld
-from ma2mba.evaluate import EVAL_SEED_BASE, evaluate_videos, raw_frames, summarize
-from ma2mba.examples import load_examples, watched
-from ma2mba.hub import PACKAGED_MODEL_DIR
-from ma2mba.train import TRAIN_SEED_BASE
+from ma2mba.data import world
+from ma2mba.packaged import PACKAGED_MODEL_DIR
+from ma2mba.packaged.examples import load_examples, watched
+from ma2mba.training.evaluate import EVAL_SEED_BASE, evaluate_videos, raw_frames, summarize
+from ma2mba.training.trainer import TRAIN_SEED_BASE
 
 VIDEOS, MINUTES = 16, 2
 
@@ -38,7 +38,7 @@ def test_fresh_heldout_videos_score_the_measured_accuracy(model):
     measured = json.loads((PACKAGED_MODEL_DIR / "eval.json").read_text())[f"{MINUTES}min"]["raw"]["overall"]
     first = int.from_bytes(os.urandom(3), "little") * 16  # seeds below both EVAL_SEED_BASE and TRAIN_SEED_BASE
     assert first + VIDEOS < min(EVAL_SEED_BASE, TRAIN_SEED_BASE)
-    videos = [shapeworld.generate(first + i, MINUTES * 60) for i in range(VIDEOS)]
+    videos = [world.generate(first + i, MINUTES * 60) for i in range(VIDEOS)]
     score = summarize(evaluate_videos(model, videos, lambda v: raw_frames(model, v, range(v.duration))))
     margin = 3 * math.sqrt(measured * (1 - measured) / score["n"]) + 0.03
     print(f"seeds {first}..{first + VIDEOS - 1}: {score['overall']:.3f} (measured {measured:.3f}, margin {margin:.3f})")
@@ -53,4 +53,6 @@ def test_example_clips_suggested_questions_are_answered_correctly(model, example
         assert session.answer(qa["question"]) == qa["answer"], qa
     # The rewind question is one the model answers right where examples.json says so, and wrong where it says not.
     rewind = example["rewind"]
-    assert (session.answer(rewind["question"], at=rewind["as_of"]) == rewind["answer"]) == rewind["model_correct"], rewind
+    assert (session.answer(rewind["question"], at=rewind["as_of"]) == rewind["answer"]) == rewind["model_correct"], (
+        rewind
+    )

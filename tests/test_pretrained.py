@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ma2mba import Mamba2LM
 from ma2mba.hub import ModelNotFoundError
@@ -30,7 +29,10 @@ MAMBA2_130M_STYLE = {
     "tie_embeddings": True,
 }
 # The same with ngroups > 1, a smaller state and several chunks per call.
-GROUPED = {**MAMBA2_130M_STYLE, "ssm_cfg": {"layer": "Mamba2", "d_state": 16, "headdim": 16, "ngroups": 2, "chunk_size": 8}}
+GROUPED = {
+    **MAMBA2_130M_STYLE,
+    "ssm_cfg": {"layer": "Mamba2", "d_state": 16, "headdim": 16, "ngroups": 2, "chunk_size": 8},
+}
 
 
 def sizes(config):
@@ -38,8 +40,13 @@ def sizes(config):
     ssm = {"d_state": 128, "d_conv": 4, "expand": 2, "headdim": 64, "ngroups": 1, **config["ssm_cfg"]}
     d_inner = ssm["expand"] * config["d_model"]
     vocab = math.ceil(config["vocab_size"] / config["pad_vocab_size_multiple"]) * config["pad_vocab_size_multiple"]
-    return dict(ssm, d_inner=d_inner, nheads=d_inner // ssm["headdim"], vocab=vocab,
-                conv_dim=d_inner + 2 * ssm["ngroups"] * ssm["d_state"])
+    return dict(
+        ssm,
+        d_inner=d_inner,
+        nheads=d_inner // ssm["headdim"],
+        vocab=vocab,
+        conv_dim=d_inner + 2 * ssm["ngroups"] * ssm["d_state"],
+    )
 
 
 def random_mamba_ssm_weights(config, seed=0):
@@ -54,17 +61,21 @@ def random_mamba_ssm_weights(config, seed=0):
     for i in range(config["n_layer"]):
         p = f"backbone.layers.{i}."
         dt = torch.exp(torch.rand(s["nheads"], generator=gen) * math.log(100) + math.log(1e-3))  # in [1e-3, 0.1]
-        sd.update({
-            p + "norm.weight": 1 + randn(d, std=0.1),
-            p + "mixer.in_proj.weight": randn(2 * s["d_inner"] + 2 * s["ngroups"] * s["d_state"] + s["nheads"], d, std=d ** -0.5),
-            p + "mixer.conv1d.weight": randn(s["conv_dim"], 1, s["d_conv"], std=0.5),
-            p + "mixer.conv1d.bias": randn(s["conv_dim"], std=0.1),
-            p + "mixer.dt_bias": dt + torch.log(-torch.expm1(-dt)),
-            p + "mixer.A_log": torch.log(1 + 15 * torch.rand(s["nheads"], generator=gen)),
-            p + "mixer.D": 1 + randn(s["nheads"], std=0.2),
-            p + "mixer.norm.weight": 1 + randn(s["d_inner"], std=0.1),
-            p + "mixer.out_proj.weight": randn(d, s["d_inner"], std=s["d_inner"] ** -0.5),
-        })
+        sd.update(
+            {
+                p + "norm.weight": 1 + randn(d, std=0.1),
+                p + "mixer.in_proj.weight": randn(
+                    2 * s["d_inner"] + 2 * s["ngroups"] * s["d_state"] + s["nheads"], d, std=d**-0.5
+                ),
+                p + "mixer.conv1d.weight": randn(s["conv_dim"], 1, s["d_conv"], std=0.5),
+                p + "mixer.conv1d.bias": randn(s["conv_dim"], std=0.1),
+                p + "mixer.dt_bias": dt + torch.log(-torch.expm1(-dt)),
+                p + "mixer.A_log": torch.log(1 + 15 * torch.rand(s["nheads"], generator=gen)),
+                p + "mixer.D": 1 + randn(s["nheads"], std=0.2),
+                p + "mixer.norm.weight": 1 + randn(s["d_inner"], std=0.1),
+                p + "mixer.out_proj.weight": randn(d, s["d_inner"], std=s["d_inner"] ** -0.5),
+            }
+        )
     sd["backbone.norm_f.weight"] = 1 + randn(d, std=0.1)
     sd["lm_head.weight"] = sd["backbone.embedding.weight"]  # tied: torch.save stores one tensor under both keys
     return sd
@@ -94,7 +105,7 @@ def reference_logits(sd, config, ids):
     hidden = W["backbone.embedding.weight"][ids]  # (b, l, d)
     residual = torch.zeros_like(hidden)
     for i in range(config["n_layer"]):
-        P = lambda name: W[f"backbone.layers.{i}.{name}"]  # noqa: E731
+        P = lambda name: W[f"backbone.layers.{i}.{name}"]
         residual = residual + hidden
         u = rms(residual, P("norm.weight"))
         zxbcdt = torch.einsum("bld,ed->ble", u, P("mixer.in_proj.weight"))
@@ -111,10 +122,14 @@ def reference_logits(sd, config, ids):
         state = torch.zeros(b, h, p, n, dtype=torch.float64)
         ys = []
         for t in range(l):
-            state = torch.exp(dt[:, t] * A)[..., None, None] * state + torch.einsum("bh,bhp,bhn->bhpn", dt[:, t], x[:, t], B[:, t])
+            state = torch.exp(dt[:, t] * A)[..., None, None] * state + torch.einsum(
+                "bh,bhp,bhn->bhpn", dt[:, t], x[:, t], B[:, t]
+            )
             ys.append(torch.einsum("bhpn,bhn->bhp", state, C[:, t]) + P("mixer.D")[:, None] * x[:, t])
         y = torch.stack(ys, 1).reshape(b, l, s["d_inner"]) * silu(z)
-        y = torch.cat([rms(part, w) for part, w in zip(y.chunk(g, -1), P("mixer.norm.weight").chunk(g))], -1)  # per group
+        y = torch.cat(
+            [rms(part, w) for part, w in zip(y.chunk(g, -1), P("mixer.norm.weight").chunk(g))], -1
+        )  # per group
         hidden = torch.einsum("ble,de->bld", y, P("mixer.out_proj.weight"))
     final = rms(residual + hidden, W["backbone.norm_f.weight"])
     return torch.einsum("bld,vd->blv", final, W["lm_head.weight"])
@@ -145,11 +160,22 @@ def test_transformers_mamba2_gives_the_same_logits(tmp_path, config):
     sd = write_mamba_ssm_folder(tmp_path, config)
     s = sizes(config)
     hf_config = transformers.Mamba2Config(
-        vocab_size=s["vocab"], hidden_size=config["d_model"], num_hidden_layers=config["n_layer"],
-        state_size=s["d_state"], expand=s["expand"], conv_kernel=s["d_conv"], head_dim=s["headdim"],
-        num_heads=s["nheads"], n_groups=s["ngroups"], chunk_size=s.get("chunk_size", 256),
-        use_bias=False, use_conv_bias=True, residual_in_fp32=True, layer_norm_epsilon=1e-5,
-        tie_word_embeddings=True, time_step_limit=(0.0, float("inf")),
+        vocab_size=s["vocab"],
+        hidden_size=config["d_model"],
+        num_hidden_layers=config["n_layer"],
+        state_size=s["d_state"],
+        expand=s["expand"],
+        conv_kernel=s["d_conv"],
+        head_dim=s["headdim"],
+        num_heads=s["nheads"],
+        n_groups=s["ngroups"],
+        chunk_size=s.get("chunk_size", 256),
+        use_bias=False,
+        use_conv_bias=True,
+        residual_in_fp32=True,
+        layer_norm_epsilon=1e-5,
+        tie_word_embeddings=True,
+        time_step_limit=(0.0, float("inf")),
     )
     hf = transformers.Mamba2ForCausalLM(hf_config).eval()
     hf_sd = {k.replace("backbone.embedding.", "backbone.embeddings."): v for k, v in sd.items()}

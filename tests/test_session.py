@@ -4,8 +4,8 @@ import pytest
 import torch
 from tiny import random_frames, tiny_video_model
 
-from ma2mba.session import RewindError
-from ma2mba.tokenizer import QuestionTooLongError
+from ma2mba.serving.session import RewindError
+from ma2mba.video.tokenizer import QuestionTooLongError
 
 
 def states_equal(a, b):
@@ -84,7 +84,7 @@ def test_follow_up_continues_the_conversation():
         ids = model.question_ids("Did a blue circle appear?") + session.last_answer_ids
         ids += [model.tokenizer.eos_id, *model.next_turn_ids()]
         expected = model.lm(input_ids=torch.tensor([ids]), state=session.state).state
-    for (c1, s1), (c2, s2) in zip(session.conversation, expected):
+    for (_c1, s1), (_c2, s2) in zip(session.conversation, expected):
         torch.testing.assert_close(s1, s2, rtol=1e-10, atol=1e-12)
     assert isinstance(session.answer("What shape appeared first?", follow_up=True, max_new_tokens=4), str)
 

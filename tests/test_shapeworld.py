@@ -8,8 +8,11 @@ import av
 import numpy as np
 import pytest
 
-from ma2mba.data import shapeworld as sw
-from ma2mba.data.shapeworld import COLOR_RGB, KINDS, QUESTION_KINDS, ShapeWorldError, format_time, generate, write_mp4
+from ma2mba.data import questions, render
+from ma2mba.data import world as sw
+from ma2mba.data.questions import QUESTION_KINDS
+from ma2mba.data.render import write_mp4
+from ma2mba.data.world import COLOR_RGB, KINDS, ShapeWorldError, format_time, generate
 
 # -- a reference replay, written independently of the module ----------------------------------
 
@@ -71,13 +74,13 @@ def test_same_seed_same_video_frames_and_questions():
     assert a.appearances == b.appearances and a.scenes == b.scenes
     times = np.arange(0, 90, 0.5)
     for w, h in [(64, 64), (160, 90)]:
-        assert a.render_many(times, w, h).tobytes() == b.render_many(times, w, h).tobytes()
-    assert a.questions(5, n=30, as_of=40) == b.questions(5, n=30, as_of=40)
-    assert a.all_questions() == b.all_questions()
+        assert render.render_many(a, times, w, h).tobytes() == render.render_many(b, times, w, h).tobytes()
+    assert questions.sample_questions(a, 5, n=30, as_of=40) == questions.sample_questions(b, 5, n=30, as_of=40)
+    assert questions.all_questions(a) == questions.all_questions(b)
     c = generate(12, 90)
     assert c.appearances != a.appearances
-    assert c.render_many(times, 64, 64).tobytes() != a.render_many(times, 64, 64).tobytes()
-    assert a.questions(5, n=30) != a.questions(6, n=30)
+    assert render.render_many(c, times, 64, 64).tobytes() != render.render_many(a, times, 64, 64).tobytes()
+    assert questions.sample_questions(a, 5, n=30) != questions.sample_questions(a, 6, n=30)
 
 
 # -- the scheduling rules ----------------------------------------------------------------------
@@ -91,7 +94,7 @@ def test_schedule_rules(duration):
         assert [a.start for a in apps] == sorted({a.start for a in apps}), "starts must be unique and sorted"
         for a in apps:
             assert isinstance(a.start, int) and isinstance(a.end, int)
-            assert 0 <= a.start and a.end <= duration and a.end - a.start >= 2
+            assert a.start >= 0 and a.end <= duration and a.end - a.start >= 2
             assert 0.10 <= a.size <= 0.35
             for x, y in (a.path[:2], a.path[2:]):  # the whole box stays inside the frame
                 assert a.size / 2 <= x <= 1 - a.size / 2 and a.size / 2 <= y <= 1 - a.size / 2
@@ -127,7 +130,7 @@ def test_two_minute_videos_cover_every_count_and_needles():
     counts, needles = Counter(), 0
     for seed in range(150):
         v = generate(seed, 120)
-        counts.update(qa.answer for qa in v.all_questions()["count"])
+        counts.update(qa.answer for qa in questions.all_questions(v)["count"])
         needles += len(v.rare_kinds)
     assert set(counts) == {str(n) for n in range(21)}
     assert counts["15"] + counts["16"] + counts["17"] + counts["18"] + counts["19"] + counts["20"] >= 50
@@ -142,32 +145,34 @@ def test_answers_match_brute_force_replay(duration):
     rng = np.random.default_rng(duration)
     for seed in range(12):
         v = generate(seed + 100, duration)
-        assert as_dict(v.all_questions()) == reference_answers(v, duration - 1)
+        assert as_dict(questions.all_questions(v)) == reference_answers(v, duration - 1)
         for as_of in rng.integers(0, duration, 3):  # answers as if the video ended at second as_of
-            assert as_dict(v.all_questions(as_of=int(as_of))) == reference_answers(v, int(as_of))
+            assert as_dict(questions.all_questions(v, as_of=int(as_of))) == reference_answers(v, int(as_of))
 
 
 def test_sampler_draws_valid_distinct_balanced_questions():
     answers, first_counts = {q: Counter() for q in QUESTION_KINDS}, Counter()
     for seed in range(60):
         v = generate(seed, 120)
-        valid = {(qa.question, qa.answer, qa.kind_of_question) for qas in v.all_questions().values() for qa in qas}
-        drawn = v.questions(seed, n=21)
+        valid = {
+            (qa.question, qa.answer, qa.kind_of_question) for qas in questions.all_questions(v).values() for qa in qas
+        }
+        drawn = questions.sample_questions(v, seed, n=21)
         assert len(drawn) == 21 and len(set(drawn)) == 21
         assert all((qa.question, qa.answer, qa.kind_of_question) in valid for qa in drawn)
         per_kind = Counter(qa.kind_of_question for qa in drawn)
-        available = [q for q in QUESTION_KINDS if v.all_questions()[q]]
+        available = [q for q in QUESTION_KINDS if questions.all_questions(v)[q]]
         assert set(per_kind) == set(available)  # every kind with a valid question gets its turn
         for qa in drawn:
             answers[qa.kind_of_question][qa.answer] += 1
-        first_counts.update(qa.answer for qa in v.questions(seed, n=2, kinds=["count"]))
-        only = v.questions(seed, n=5, kinds=["when", "after"], as_of=60)
+        first_counts.update(qa.answer for qa in questions.sample_questions(v, seed, n=2, kinds=["count"]))
+        only = questions.sample_questions(v, seed, n=5, kinds=["when", "after"], as_of=60)
         assert {qa.kind_of_question for qa in only} <= {"when", "after"}
     assert 0.4 < answers["exists"]["yes"] / sum(answers["exists"].values()) < 0.6
     # Each distinct answer is equally likely, so the 20-odd absent kinds do not make "0" dominate.
     assert first_counts["0"] / sum(first_counts.values()) < 0.35
     with pytest.raises(ShapeWorldError):
-        generate(0, 30).questions(0, kinds=["colour"])
+        questions.sample_questions(generate(0, 30), 0, kinds=["colour"])
 
 
 def test_captions():
@@ -177,10 +182,10 @@ def test_captions():
         words = [an(k) for k in kinds]
         if len(words) > 1:
             words = [", ".join(words[:-1]) + " and " + words[-1]]
-        assert v.frame_caption(t) == (words[0] if words else "nothing")
+        assert questions.frame_caption(v, t) == (words[0] if words else "nothing")
     events = replay_events(v, 119)
-    assert v.timed_captions() == [(t, f"at {t // 60}:{t % 60:02d} {an(k)} appears") for t, k in events]
-    assert v.timed_captions(as_of=50) == [(t, text) for t, text in v.timed_captions() if t <= 50]
+    assert questions.timed_captions(v) == [(t, f"at {t // 60}:{t % 60:02d} {an(k)} appears") for t, k in events]
+    assert questions.timed_captions(v, as_of=50) == [(t, text) for t, text in questions.timed_captions(v) if t <= 50]
 
 
 def test_format_time():
@@ -198,7 +203,7 @@ def object_colours_in(frame):
 
 def test_frames_show_exactly_the_visible_objects():
     v = next(v for v in map(generate, range(50), [120] * 50) if {s.noise > 0 for s in v.scenes} == {True, False})
-    frames = v.render_many(range(120), 64, 64)
+    frames = render.render_many(v, range(120), 64, 64)
     for t, frame in enumerate(frames):
         assert object_colours_in(frame) == {k[0] for k in visible_kinds(v, t)}
         assert (frame[0, 0] == v.scene_at(t).color).all() or v.scene_at(t).noise
@@ -212,8 +217,8 @@ def test_positions_and_sizes_agree_across_aspect_ratios(seed):
     for t in busy:
         t = t + 0.5
         for w, h in [(640, 360), (360, 640), (480, 480), (96, 64)]:
-            frame, short = v.render(t, w, h), min(w, h)
-            assert (frame == v.render_many([t], w, h)[0]).all()
+            frame, short = render.render(v, t, w, h), min(w, h)
+            assert (frame == render.render_many(v, [t], w, h)[0]).all()
             for a in v.visible(t):
                 x, y = a.position(t)
                 assert tuple(frame[int(y * h), int(x * w)]) == COLOR_RGB[a.color]  # the centre is inside
@@ -233,9 +238,9 @@ def test_bad_arguments_raise():
             generate(*args)
     v = generate(0, 20)
     with pytest.raises(ShapeWorldError):
-        v.render(20)
+        render.render(v, 20)
     with pytest.raises(ShapeWorldError):
-        v.render(1, 0, 64)
+        render.render(v, 1, 0, 64)
     with pytest.raises(ShapeWorldError):
         write_mp4(v, "x.mp4", width=65, height=64)
 
@@ -268,5 +273,5 @@ def test_write_mp4_round_trips_through_a_decoder(tmp_path, codec, suffix):
 
 
 def test_frame_times_at_any_fps():
-    assert sw.frame_times(3, 2) == [0, 0.5, 1, 1.5, 2, 2.5]
-    assert len(sw.frame_times(10, 29.97)) == math.ceil(10 * 29.97)
+    assert render.frame_times(3, 2) == [0, 0.5, 1, 1.5, 2, 2.5]
+    assert len(render.frame_times(10, 29.97)) == math.ceil(10 * 29.97)

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from ma2mba.ssd import ssd_scan, ssd_step
+from ma2mba.engine.ssd import ssd_scan, ssd_step
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -44,7 +44,11 @@ def random_inputs(b, l, h, p, g, n, dtype, seed, initial_state=True, D="h", z=Fa
 
     A = -torch.exp(torch.rand(h, generator=gen, dtype=torch.float64) * math.log(16))  # in [-16, -1], as at init
     inputs = dict(
-        x=randn(b, l, h, p), dt=randn(b, l, h) - 2, A=A, B=randn(b, l, g, n), C=randn(b, l, g, n),
+        x=randn(b, l, h, p),
+        dt=randn(b, l, h) - 2,
+        A=A,
+        B=randn(b, l, g, n),
+        C=randn(b, l, g, n),
         dt_bias=randn(h) - 2,
         D={"h": randn(h), "hp": randn(h, p), None: None}[D],
         z=randn(b, l, h, p) if z else None,
@@ -95,8 +99,14 @@ def test_random_shapes_match_recurrence():
         g = rng.choice([1, 2, 4])
         dims = (rng.randint(1, 3), rng.randint(1, 90), g * rng.randint(1, 3), rng.randint(1, 8), g, rng.randint(1, 12))
         chunk = rng.choice([1, 3, 8, 16, 64])
-        inputs = random_inputs(*dims, torch.float64, seed, initial_state=rng.random() < 0.5, D=rng.choice(["h", "hp", None]),
-                               z=rng.random() < 0.5)
+        inputs = random_inputs(
+            *dims,
+            torch.float64,
+            seed,
+            initial_state=rng.random() < 0.5,
+            D=rng.choice(["h", "hp", None]),
+            z=rng.random() < 0.5,
+        )
         y, final = ssd_scan(chunk_size=chunk, **inputs)
         y_ref, final_ref = reference_scan(**inputs)
         assert rel_err(y, y_ref) <= 1e-10, (dims, chunk)
@@ -118,8 +128,16 @@ def test_one_step_matches_recurrence(dtype):
     state = inputs["initial_state"]
     for t in range(9):
         y, new_state = ssd_step(
-            state, inputs["x"][:, t], inputs["dt"][:, t], inputs["A"], inputs["B"][:, t], inputs["C"][:, t],
-            D=inputs["D"], z=inputs["z"][:, t], dt_bias=inputs["dt_bias"], dt_limit=inputs["dt_limit"],
+            state,
+            inputs["x"][:, t],
+            inputs["dt"][:, t],
+            inputs["A"],
+            inputs["B"][:, t],
+            inputs["C"][:, t],
+            D=inputs["D"],
+            z=inputs["z"][:, t],
+            dt_bias=inputs["dt_bias"],
+            dt_limit=inputs["dt_limit"],
         )
         assert new_state is not state
         assert rel_err(y, y_ref[:, t]) <= TOL[dtype]

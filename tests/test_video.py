@@ -8,8 +8,8 @@ import numpy as np
 import psutil
 import pytest
 
-from ma2mba import video
 from ma2mba.video import VideoError, probe, sample_frames
+from ma2mba.video import decode as video
 
 BITS = 10  # the index is drawn as 10 black/white blocks along the top half of the frame
 BOTH = pytest.mark.parametrize("backend", ["pyav", "decord"])
@@ -18,7 +18,7 @@ BOTH = pytest.mark.parametrize("backend", ["pyav", "decord"])
 def index_frame(i, width, height):
     rgb = np.full((height, width, 3), 128, np.uint8)
     for b in range(BITS):
-        rgb[: height // 2, b * width // BITS: (b + 1) * width // BITS] = 255 if i >> (BITS - 1 - b) & 1 else 0
+        rgb[: height // 2, b * width // BITS : (b + 1) * width // BITS] = 255 if i >> (BITS - 1 - b) & 1 else 0
     return rgb
 
 
@@ -29,8 +29,7 @@ def read_index(rgb):
     return int("".join(bits), 2)
 
 
-def write_video(path, times, codec="libx264", size=(64, 48), container_options=None,
-                rotation=0, stream_options=None):
+def write_video(path, times, codec="libx264", size=(64, 48), container_options=None, rotation=0, stream_options=None):
     """Frame i shows index i and starts at times[i] seconds."""
     with av.open(str(path), "w", container_options=container_options or {}) as out:
         stream = out.add_stream(codec, rate=30, options=stream_options or {})
@@ -69,16 +68,19 @@ SHORT_GOP = {"g": "7", "bf": "2"}  # keyframes often, B-frames: decoding jumps b
 
 
 @BOTH
-@pytest.mark.parametrize("name,codec,times,options", [
-    ("cfr.mp4", "libx264", CFR_30, None),
-    ("cfr_short_gop.mp4", "libx264", CFR_30, SHORT_GOP),
-    ("cfr.webm", "libvpx-vp9", [i / 10 for i in range(35)], {"g": "4"}),
-    ("cfr.mov", "libx264", [i / 25 for i in range(80)], None),
-    ("vfr.mp4", "libx264", VFR, None),
-    ("vfr_short_gop.mp4", "libx264", VFR, {"g": "2", "bf": "2"}),
-    ("vfr.webm", "libvpx-vp9", VFR, {"g": "3"}),
-    ("one_frame.mp4", "libx264", [0.0], None),
-])
+@pytest.mark.parametrize(
+    "name,codec,times,options",
+    [
+        ("cfr.mp4", "libx264", CFR_30, None),
+        ("cfr_short_gop.mp4", "libx264", CFR_30, SHORT_GOP),
+        ("cfr.webm", "libvpx-vp9", [i / 10 for i in range(35)], {"g": "4"}),
+        ("cfr.mov", "libx264", [i / 25 for i in range(80)], None),
+        ("vfr.mp4", "libx264", VFR, None),
+        ("vfr_short_gop.mp4", "libx264", VFR, {"g": "2", "bf": "2"}),
+        ("vfr.webm", "libvpx-vp9", VFR, {"g": "3"}),
+        ("one_frame.mp4", "libx264", [0.0], None),
+    ],
+)
 def test_frames_are_sampled_by_timestamp(tmp_path, backend, name, codec, times, options):
     path = write_video(tmp_path / name, times, codec, stream_options=options)
     assert decoded(path, backend=backend) == expected_samples(times, fps=1.0)
@@ -102,6 +104,7 @@ def test_pyav_does_not_decode_frames_no_sample_shows(tmp_path, monkeypatch):
             for item in timed(*args):
                 starts.append(item[0])
                 yield item
+
         return wrapper
 
     monkeypatch.setattr(video, "_pyav_timed", counting(video._pyav_timed))
@@ -193,8 +196,7 @@ def test_fallback_continues_where_the_failed_backend_stopped(tmp_path, monkeypat
 
 def test_a_hung_decord_child_is_killed_and_pyav_takes_over(tmp_path, monkeypatch):
     path = write_video(tmp_path / "cfr.mp4", CFR_30)
-    monkeypatch.setattr(video, "_decord_command",
-                        lambda *args: [sys.executable, "-c", "import time; time.sleep(600)"])
+    monkeypatch.setattr(video, "_decord_command", lambda *args: [sys.executable, "-c", "import time; time.sleep(600)"])
     monkeypatch.setattr(video, "DECORD_OPEN_TIMEOUT_S", 0.5)
     with pytest.raises(VideoError, match="decord stopped responding on 'cfr.mp4'"):
         list(sample_frames(path, backend="decord"))
@@ -272,7 +274,9 @@ def test_truncated_mp4_with_its_index_first(tmp_path):
         frames_start = next(p.pos for p in container.demux(video=0) if p.size)
     path.write_bytes(path.read_bytes()[: (frames_start + path.stat().st_size) // 2])
     got = []
-    with pytest.raises(VideoError, match=r"'cut.mp4' stops at .* its header says it lasts 10.0 s: the file is truncated"):
+    with pytest.raises(
+        VideoError, match=r"'cut.mp4' stops at .* its header says it lasts 10.0 s: the file is truncated"
+    ):
         for t, frame in sample_frames(path):  # PyAV gives what is there, then the error
             got.append((t, read_index(frame)))
     assert 2 <= len(got) <= 8 and got == expected_samples(times, fps=1.0)[: len(got)]

@@ -4,12 +4,18 @@ import numpy as np
 import torch
 
 from ma2mba import Mamba2Config
-from ma2mba.model import VideoConfig, VideoMa2mba
-from ma2mba.tokenizer import build_word_tokenizer
-from ma2mba.vision import VisionConfig
+from ma2mba.video.model import VideoConfig, VideoMa2mba
+from ma2mba.video.tokenizer import build_word_tokenizer
+from ma2mba.video.vision import VisionConfig
 
-WORDS = ["You are a helpful assistant.", "How many times did a red star appear?", "Did a blue circle appear?",
-         "What shape appeared first?", "at 1:23", "yes no star circle square triangle"]
+WORDS = [
+    "You are a helpful assistant.",
+    "How many times did a red star appear?",
+    "Did a blue circle appear?",
+    "What shape appeared first?",
+    "at 1:23",
+    "yes no star circle square triangle",
+]
 
 
 def tiny_video_model(seed=0, dtype=torch.float32, tokens_per_side=1) -> VideoMa2mba:
