@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -23,11 +24,20 @@ import torch
 
 from ma2mba import memory_lab as lab
 from ma2mba.engine.lm import count_parameters
-from ma2mba.hub import ModelNotFoundError
+from ma2mba.hub import ModelNotFoundError, looks_like_repo_id
+from ma2mba.limited import ResourceLimitError, iterate_limited
 from ma2mba.packaged import PACKAGED_MODEL_DIR, load_model
-from ma2mba.packaged.examples import DECODE_MAX_SIDE, EXAMPLES_DIR, find_example, ground_truth, load_examples
+from ma2mba.packaged.examples import (
+    DECODE_MAX_SIDE,
+    EXAMPLES_DIR,
+    UPLOAD_SUGGESTIONS,
+    find_example,
+    ground_truth,
+    load_examples,
+)
 from ma2mba.serving.session import RewindError
 from ma2mba.video.decode import VideoError, frame_source, probe, sample_frames
+from ma2mba.video.model import MAX_QUESTION_CHARS
 from ma2mba.video.tokenizer import QuestionTooLongError
 
 
@@ -48,20 +58,21 @@ SETTINGS = dict(
     # One intra-op thread per request: on a small shared CPU, OpenMP threads mostly wait on each
     # other (measured: 17 ms/frame with 1 thread, 180 ms with 2 on a busy 2-core machine).
     torch_threads=_env("MA2MBA_TORCH_THREADS", 1),
+    # The lab's training steps and sweeps run in a child process with this much address space on top of
+    # what it maps at start, and this long at most: no request can exhaust the Space.
+    lab_memory_mb=_env("MA2MBA_LAB_MEMORY_MB", 6144),
+    lab_timeout_s=_env("MA2MBA_LAB_TIMEOUT_S", 900),
+    # A public Space loads the packaged model and Hub repo ids only; local folders would let anyone probe
+    # the server's disk. `python app.py --allow-local-models` (or 1 here) allows them.
+    allow_local_models=_env("MA2MBA_ALLOW_LOCAL_MODELS", 0) == 1,
 )
 UI_UPDATES_PER_SECOND = 8  # ingestion runs as fast as it can; the page is refreshed this often
 PACES = {"fastest": 0.0, "10× real time": 0.1, "real time": 1.0}  # wall seconds per video second
-MAX_QUESTION_CHARS = 500
-GENERIC_QUESTIONS = [
-    "What shape appeared first?",
-    "What was the last shape to appear?",
-    "How many times did a red circle appear?",
-    "Describe the recent events.",
-]
 N_SUGGESTIONS = 4
 PAPER = lab.PRESETS["paper 2.7B"]
 PAPER_STATE_BYTES = lab.state_bytes(PAPER.lm, PAPER.dtype)
 LIMITS = lab.Limits.from_env()
+LAB_CHILD = dict(limit_bytes=SETTINGS["lab_memory_mb"] << 20, timeout_s=SETTINGS["lab_timeout_s"])
 
 torch.set_num_threads(SETTINGS["torch_threads"])
 EXAMPLES = load_examples()
@@ -222,7 +233,7 @@ def watch(video_path, pace, model_name):
         frame_source=frame_source(video_path, max_seconds=SETTINGS["max_video_seconds"], max_side=DECODE_MAX_SIDE)
     )
     viewer = Viewer(session, video_path, info.duration, example, model_name)
-    questions = [q["question"] for q in example["questions"]] if example else GENERIC_QUESTIONS
+    questions = [q["question"] for q in example["questions"]] if example else list(UPLOAD_SUGGESTIONS)
     yield (
         viewer,
         None,
@@ -293,7 +304,9 @@ def ask(question, viewer, as_of, follow_up, temperature, max_new_tokens):
     if not question:
         raise user_error("Type a question about the video.")
     session = viewer.session
-    at = None if as_of is None or as_of >= session.last_t else float(as_of)
+    at, note = session.as_of(as_of)
+    shown = question if len(question) <= 300 else question[:300] + f"… ({len(question):,} characters)"
+    asked = shown + (f"  \n*(as of {fmt_clock(at)})*" if at is not None else "") + (f"  \n*{note}*" if note else "")
     try:
         with viewer.lock:
             pieces = session.ask(
@@ -304,8 +317,10 @@ def ask(question, viewer, as_of, follow_up, temperature, max_new_tokens):
                 max_new_tokens=int(max_new_tokens),
             )
     except (QuestionTooLongError, RewindError, VideoError) as e:
-        raise user_error(e) from None
-    asked = question + (f"  \n*(as of {fmt_clock(at)})*" if at is not None else "")
+        # The conversation stays on screen, with the reason as the reply.
+        viewer.history += [{"role": "user", "content": asked}, {"role": "assistant", "content": f"⚠ {e}"}]
+        yield viewer.history, gr.skip()
+        return
     viewer.history += [{"role": "user", "content": asked}, {"role": "assistant", "content": ""}]
     answer = viewer.history[-1]
     yield viewer.history, ""
@@ -314,7 +329,9 @@ def ask(question, viewer, as_of, follow_up, temperature, max_new_tokens):
             answer["content"] += piece
             yield viewer.history, gr.skip()
     except (RewindError, VideoError) as e:
-        raise user_error(e) from None
+        answer["content"] += f"⚠ {e}"
+        yield viewer.history, gr.skip()
+        return
     answer["content"] = answer["content"].strip() or "(no answer)"
     if viewer.example:
         truth = ground_truth(viewer.example, question, session.last_t if at is None else at)
@@ -397,7 +414,7 @@ def lab_train(modes, clip_seconds, preset_name, steps):
     """Train each mode in turn; stream timelines, losses and the summary."""
     modes = [m for m in lab.MODES if m in (modes or [])]  # a stable order, whatever was clicked first
     try:
-        runs = lab.train(preset_name, modes, int(clip_seconds), int(steps), limits=LIMITS)
+        runs = iterate_limited(lab.train, preset_name, modes, int(clip_seconds), int(steps), limits=LIMITS, **LAB_CHILD)
         preset = lab.PRESETS[preset_name]
         timeline, losses, summaries = [], [], []
         for event in runs:
@@ -420,7 +437,7 @@ def lab_train(modes, clip_seconds, preset_name, steps):
                 summary_frame(summaries, preset),
                 status,
             )
-    except lab.LabError as e:
+    except (lab.LabError, ResourceLimitError) as e:
         raise user_error(e) from None
     ran = [s for s in summaries if s.losses]
     if len(ran) > 1:
@@ -439,13 +456,13 @@ def lab_sweep(modes, preset_name):
     modes = [m for m in lab.MODES if m in (modes or [])]
     rows = []
     try:
-        for p in lab.sweep(preset_name, modes, limits=LIMITS):
+        for p in iterate_limited(lab.sweep, preset_name, modes, limits=LIMITS, **LAB_CHILD):
             label = lab.MODE_LABELS[p.mode]
             rows.append({"tokens": p.tokens, "MiB": p.predicted_bytes / 2**20, "series": f"{label} · predicted"})
             if p.measured_bytes is not None:
                 rows.append({"tokens": p.tokens, "MiB": p.measured_bytes / 2**20, "series": f"{label} · measured"})
             yield pd.DataFrame(rows), f"Measured {p.seconds} s clips ({p.tokens} tokens) with {label}"
-    except lab.LabError as e:
+    except (lab.LabError, ResourceLimitError) as e:
         raise user_error(e) from None
     yield (
         gr.skip(),
@@ -461,8 +478,16 @@ def lab_budget(budget_gib, preset_name):
         reach = lab.longest_clips(preset_name, float(budget_gib or 0) * 2**30)
     except lab.LabError as e:
         raise user_error(e) from None
+    at_least = lambda r, text: f"≥ {text}" if r.at_least else text
     return pd.DataFrame(
-        [[lab.MODE_LABELS[r.mode], r.tokens, fmt_clock(r.seconds) if r.seconds else "—"] for r in reach],
+        [
+            [
+                lab.MODE_LABELS[r.mode],
+                at_least(r, f"{r.tokens:,}"),
+                at_least(r, fmt_clock(r.seconds)) if r.seconds else "—",
+            ]
+            for r in reach
+        ],
         columns=REACH_COLUMNS,
     )
 
@@ -503,8 +528,20 @@ slow here.
 
 def load_other(name):
     name = (name or "").strip()
+    local = SETTINGS["allow_local_models"]
     if not name:
-        return gr.skip(), "Type a Hugging Face repo id (owner/name) or the path of a model folder.", gr.skip()
+        return (
+            gr.skip(),
+            f"Type a Hugging Face repo id (owner/name){' or the path of a model folder' if local else ''}.",
+            gr.skip(),
+        )
+    if not local and (Path(name).expanduser().exists() or not looks_like_repo_id(name)):
+        return (
+            gr.skip(),
+            "⚠ This Space loads the packaged model and Hugging Face repo ids (owner/name) only. Local folders "
+            "work when the app is started with `python app.py --allow-local-models`.",
+            gr.skip(),
+        )
     try:
         MODELS.load(name)
     except ModelNotFoundError as e:
@@ -534,6 +571,15 @@ INTRO = """
 Video-Ma²mba ([arXiv 2411.19460](https://arxiv.org/abs/2411.19460)) reads a video **one frame per second, every
 frame**, into the fixed-size recurrent state of a Mamba-2 language model. Memory does not grow with the video,
 so you can then ask any number of questions, or rewind and ask about an earlier moment.
+"""
+
+
+WHAT_IT_KNOWS = """
+**What the packaged model knows.** It was trained only on ShapeWorld videos: coloured circles, squares,
+triangles and stars appearing on dark backgrounds. It answers which shape or colour came first, which came
+last, whether and how many times a kind (say, a red star) appeared, when a kind that appeared once did, and
+what came right after it. On any other video its answers are in ShapeWorld's terms and mean nothing; load a
+real Video-Ma²mba checkpoint in the Model tab for those.
 """
 
 
@@ -577,6 +623,7 @@ def build_demo() -> gr.Blocks:
                             label="ShapeWorld examples (the packaged model's world)",
                             example_labels=[f"{e['file']} · {e['width']}×{e['height']}" for e in EXAMPLES],
                         )
+                    gr.Markdown(WHAT_IT_KNOWS, elem_id="what-it-knows")
                     with gr.Row():
                         pace = gr.Radio(list(PACES), value="fastest", label="Pace", scale=3)
                         stop = gr.Button("■ Stop", variant="stop", scale=1, elem_id="stop-watch")
@@ -591,10 +638,9 @@ def build_demo() -> gr.Blocks:
                     chatbot = gr.Chatbot(label="Chat", height=360, elem_id="chat", buttons=["copy"])
                     with gr.Row():
                         question = gr.Textbox(
-                            placeholder="Ask about the video…",
+                            placeholder=f"Ask about the video… (up to {MAX_QUESTION_CHARS} characters)",
                             show_label=False,
                             scale=5,
-                            max_length=MAX_QUESTION_CHARS,
                             elem_id="question",
                         )
                         send = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
@@ -690,7 +736,12 @@ def build_demo() -> gr.Blocks:
                 "Peak memory of a training step against sequence length",
             )
             with gr.Row(equal_height=True):
-                budget = gr.Number(16, label="Memory budget for activations (GiB)", minimum=0.001)
+                budget = gr.Number(
+                    16,
+                    label="Memory budget for activations (GiB)",
+                    minimum=0.001,
+                    maximum=lab.MAX_PLAN_BUDGET_BYTES / 2**30,
+                )
                 budget_preset = gr.Dropdown(list(lab.PRESETS), value="paper 2.7B", label="Model size")
                 reach_btn = gr.Button("Longest clip per mode", elem_id="lab-reach-button")
             reach = gr.Dataframe(
@@ -723,7 +774,11 @@ def build_demo() -> gr.Blocks:
             card = gr.Markdown(model_card(None), elem_id="model-card")
             gr.Markdown(LIMITS_MD)
             with gr.Row():
-                other = gr.Textbox(label="Load another model: a Hub repo id (owner/name) or a local folder", scale=4)
+                other = gr.Textbox(
+                    label="Load another model: a Hub repo id (owner/name)"
+                    + (" or a local folder" if SETTINGS["allow_local_models"] else ""),
+                    scale=4,
+                )
                 load_btn = gr.Button("Load", scale=1)
                 reset_btn = gr.Button("Use the packaged model", scale=1)
             load_status = gr.Markdown("")
@@ -737,6 +792,8 @@ def build_demo() -> gr.Blocks:
 demo = build_demo()
 
 if __name__ == "__main__":
+    if "--allow-local-models" in sys.argv[1:]:
+        SETTINGS["allow_local_models"] = True
     demo.queue(max_size=SETTINGS["queue_size"], default_concurrency_limit=2).launch(
         server_name=SETTINGS["host"],
         server_port=SETTINGS["port"],

@@ -175,7 +175,7 @@ def sweep(args, data: dict) -> None:
         point = run_point(mode, S, device, args.threads, args.timeout)
         if point is not None:
             data["points"].append({**point, "round": r, "threads": args.threads, "code": data["fingerprint"]})
-            save(data)
+            save(data, Path(args.out))  # each point as it comes: a long sweep can resume
 
 
 # --- the report ---

@@ -42,11 +42,14 @@ def chat(args) -> int:
         f"{stats['ms_per_frame'] or 0:.1f} ms/frame",
         file=sys.stderr,
     )
+    at, note = session.as_of(args.at)
+    if note:
+        print(note, file=sys.stderr)
     for question in args.question:
-        print(f"Q: {question}" + (f"  (as of {args.at:g}s)" if args.at is not None else ""))
+        print(f"Q: {question}" + (f"  (as of {at:g}s)" if at is not None else ""))
         print("A: ", end="", flush=True)
         try:
-            for piece in session.ask(question, at=args.at, temperature=args.temperature):
+            for piece in session.ask(question, at=at, temperature=args.temperature):
                 print(piece, end="", flush=True)
         except (QuestionTooLongError, RewindError, VideoError) as e:
             print(f"\nerror: {e}", file=sys.stderr)

@@ -40,7 +40,7 @@ from .data.questions import sample_questions
 from .data.render import render_letterboxed
 from .engine.config import Mamba2Config
 from .engine.mamba2 import Block
-from .memory.checkpointing import MODES, max_seq_len, plan, predict_peak_bytes
+from .memory.checkpointing import MAX_PLAN_BUDGET_BYTES, MAX_PLAN_SEQ_LEN, MODES, max_seq_len, plan, predict_peak_bytes
 from .memory.meter import peak_bytes, record_timeline
 from .packaged.recipe import packaged_config, vocabulary_texts
 from .video.model import IGNORE, VideoConfig, VideoMa2mba
@@ -406,19 +406,21 @@ class Reach:
     mode: str
     tokens: int  # the longest training sequence within the budget
     seconds: int  # the longest clip at 1 FPS
+    at_least: bool = False  # the planner's search stopped at its longest sequence: it may be longer still
 
 
 def longest_clips(preset_name: str, budget_bytes: int, modes=MODES) -> list[Reach]:
     """The longest clip each mode can train within `budget_bytes` of activation memory (cost model)."""
     if preset_name not in PRESETS:
         raise LabError(f"Unknown model size {preset_name!r}; choose one of {', '.join(PRESETS)}.")
-    if not budget_bytes > 0:
-        raise LabError("The memory budget must be a positive number of bytes.")
+    if not 0 < budget_bytes <= MAX_PLAN_BUDGET_BYTES:
+        raise LabError(f"The memory budget must be positive and at most {MAX_PLAN_BUDGET_BYTES / 2**30:,.0f} GiB.")
     preset = PRESETS[preset_name]
     out = []
     for mode in modes:
         tokens = max_seq_len(preset.lm, int(budget_bytes), mode, dtype=preset.dtype)
-        out.append(Reach(mode, tokens, max(0, (tokens - _fixed_tokens()) // preset.tokens_per_frame)))
+        seconds = max(0, (tokens - _fixed_tokens()) // preset.tokens_per_frame)
+        out.append(Reach(mode, tokens, seconds, at_least=tokens >= MAX_PLAN_SEQ_LEN))
     return out
 
 

@@ -26,7 +26,9 @@ MAX_NEW_TOKENS = 8
 
 @pytest.fixture(scope="module")
 def url():
-    with running_app(MA2MBA_MAX_UPLOAD_MB=3, MA2MBA_MAX_VIDEO_SECONDS=150, MA2MBA_LAB_MAX_SECONDS=64) as url:
+    with running_app(
+        MA2MBA_MAX_UPLOAD_MB=3, MA2MBA_MAX_VIDEO_SECONDS=150, MA2MBA_LAB_MAX_SECONDS=64, MA2MBA_ALLOW_LOCAL_MODELS=1
+    ) as url:
         yield url
 
 
@@ -193,10 +195,19 @@ def test_bad_uploads_get_readable_errors_and_the_app_keeps_working(url, tmp_path
     assert refused.status_code == 413 and "maximum allowed size" in refused.text
     # the same user, and the server, carry on
     watch(client, "shapes-30s.mp4")
-    with pytest.raises(AppError, match="The question is 100 tokens long; the limit is 64"):
-        ask(client, "what " * 100, as_of=29)
+    # Questions too long, in tokens or in characters, are refused in the chat, which keeps the conversation
+    answer, texts = ask(client, "what " * 100, as_of=29)
+    assert answer == "⚠ The question is 100 tokens long; the limit is 64. Ask a shorter question."
+    answer, texts = ask(client, "x" * 10_000, as_of=29)
+    assert answer.startswith("⚠ The question is 10,000 characters long; the limit is 500.")
+    assert len(texts[0]) < 400  # the pasted text is not echoed in full
     with pytest.raises(AppError, match="Type a question"):
         ask(client, "   ", as_of=29)
+    # "As of" outside the video is refused by the slider, with its bounds (the library moves it, with a note)
+    with pytest.raises(AppError, match="greater than maximum value 29"):
+        ask(client, "What shape appeared first?", as_of=500)
+    with pytest.raises(AppError, match="less than minimum value 0"):
+        ask(client, "What shape appeared first?", as_of=-5)
 
 
 def test_model_tab_loads_a_local_folder_and_explains_what_it_cannot_load(url, tmp_path, reference):
@@ -246,6 +257,21 @@ def test_memory_lab_yields_a_curve_per_mode_with_equal_losses(url):
     assert series == {"none · measured", "none · predicted", "MA-GC · measured", "MA-GC · predicted"}
     reach = client.predict(16, "paper 2.7B", api_name="/lab_budget")
     assert [row[0] for row in reach["data"]] == ["none", "per-layer", "√L", "MA-GC"]
+
+
+def test_the_memory_lab_at_its_limits_answers_and_stays_up(url):
+    """A 1,000,000 GiB budget for the 2.7B model once grew the app past the machine's memory."""
+    client = Client(url, verbose=False)
+    client.predict(16, "paper 2.7B", api_name="/lab_budget")  # the first query of a size traces its layer once
+    started = time.monotonic()
+    reach = client.predict(1_000_000, "paper 2.7B", api_name="/lab_budget")
+    assert time.monotonic() - started < 30
+    by_mode = {row[0]: row[1] for row in reach["data"]}
+    assert by_mode["MA-GC"] == "≥ 1,073,741,824" and not by_mode["none"].startswith("≥")
+    for budget in (2_000_000, 0, -1):  # past the planner's largest budget, and nonsense
+        with pytest.raises(AppError, match="(greater than maximum value 1048576|less than minimum value|positive)"):
+            client.predict(budget, "paper 2.7B", api_name="/lab_budget")
+    assert client.predict(16, "packaged", api_name="/lab_budget")["data"]  # and it goes on serving
 
 
 def test_old_uploads_are_deleted(tmp_path):

@@ -223,3 +223,45 @@ def test_too_small_a_budget_names_the_longest_sequence_that_fits():
     # no checkpointing reaches least far, MA-GC farthest
     reach = [max_seq_len(MID, budget, mode, batch=2) for mode in ("none", "layer", "sqrt", "multi_axis")]
     assert min(reach) == reach[0] < reach[-1] == max(reach)
+
+
+def test_the_planner_refuses_lengths_and_budgets_past_its_limits():
+    from ma2mba.memory.checkpointing import (
+        MAX_PLAN_BUDGET_BYTES,
+        MAX_PLAN_SEQ_LEN,
+        CheckpointingError,
+        max_seq_len,
+        plan,
+        predict_peak_bytes,
+    )
+
+    config = Mamba2Config(d_model=64, n_layer=4, vocab_size=64, ssm_cfg=dict(d_state=16, headdim=16, chunk_size=32))
+    with pytest.raises(CheckpointingError, match="sequences of 1 to"):
+        plan(config, MAX_PLAN_SEQ_LEN + 1)
+    with pytest.raises(CheckpointingError, match="sequences of 1 to"):
+        predict_peak_bytes(config, 0, "multi_axis")
+    with pytest.raises(CheckpointingError, match="memory budgets above 0 and up to"):
+        max_seq_len(config, MAX_PLAN_BUDGET_BYTES * 2)
+    with pytest.raises(CheckpointingError, match="memory budgets"):
+        plan(config, 1024, budget_bytes=0)
+
+
+def test_the_largest_budget_is_answered_in_bounded_memory():
+    """A budget at the planner's limit used to make the search grow without bound (the grid had one column per
+    chunk of the sequence); now its search stops at MAX_PLAN_SEQ_LEN and its grid has bounded columns."""
+    import tracemalloc
+
+    from ma2mba.memory.checkpointing import MAX_PLAN_BUDGET_BYTES, MAX_PLAN_SEQ_LEN, max_seq_len, segment_candidates
+
+    # 64 layers and 32-token chunks: at 2^30 tokens the old grid had 64 x 2^25 cells
+    config = Mamba2Config(d_model=64, n_layer=64, vocab_size=64, ssm_cfg=dict(d_state=16, headdim=16, chunk_size=32))
+    max_seq_len(config, 2**20)  # trace the layer first: what follows is the search alone
+    tracemalloc.start()
+    longest = max_seq_len(config, MAX_PLAN_BUDGET_BYTES, "multi_axis")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert longest == MAX_PLAN_SEQ_LEN and peak < 256 * 2**20
+    # Up to 4096 chunks every multiple of the chunk is a candidate, as before; past that a bounded spread.
+    assert segment_candidates(4096 * 64, 64).tolist() == [*range(64, 4096 * 64, 64), 4096 * 64]
+    many = segment_candidates(MAX_PLAN_SEQ_LEN, 256)
+    assert len(many) <= 4097 and many[0] == 256 and many[-1] == MAX_PLAN_SEQ_LEN and (many % 256 == 0).all()

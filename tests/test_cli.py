@@ -90,3 +90,16 @@ def test_train_continues_a_saved_model_from_a_named_stage(tmp_path):
     assert wrong.returncode != 0 and "no stage 'nope'" in wrong.stderr and "Traceback" not in wrong.stderr
     alone = run_cli("train", "--recipe", "smoke", "--start-stage", last.name, "--out", str(tmp_path / "alone"))
     assert alone.returncode != 0 and "go together" in alone.stderr
+
+
+def test_the_console_script_runs_benchmarks_by_name_and_refuses_unknown_ones():
+    import shutil
+
+    script = shutil.which("ma2mba")
+    assert script, "pip install -e . puts the ma2mba command on the PATH"
+    out = subprocess.run([script, "bench", "nope"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "no benchmark 'nope'" in out.stderr and "ssd_speed" in out.stderr
+    helped = subprocess.run(
+        [script, "bench", "stream", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert helped.returncode == 0 and "--minutes" in helped.stdout  # the script's own arguments pass through

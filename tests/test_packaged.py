@@ -11,7 +11,7 @@ import torch
 from ma2mba import load_model
 from ma2mba.data import world
 from ma2mba.packaged import PACKAGED_MODEL_DIR
-from ma2mba.packaged.examples import load_examples, watched
+from ma2mba.packaged.examples import UPLOAD_SUGGESTIONS, ground_truth, load_examples, watched
 from ma2mba.training.evaluate import EVAL_SEED_BASE, evaluate_videos, raw_frames, summarize
 from ma2mba.training.trainer import TRAIN_SEED_BASE
 
@@ -56,3 +56,10 @@ def test_example_clips_suggested_questions_are_answered_correctly(model, example
     assert (session.answer(rewind["question"], at=rewind["as_of"]) == rewind["answer"]) == rewind["model_correct"], (
         rewind
     )
+
+
+@pytest.mark.parametrize("example", load_examples(), ids=lambda e: e["file"])
+def test_what_the_space_suggests_for_uploads_is_answered_correctly_on_every_example(model, example):
+    session = watched(model, example["path"])
+    for question in UPLOAD_SUGGESTIONS:
+        assert session.answer(question) == ground_truth(example, question), question

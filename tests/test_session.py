@@ -1,11 +1,15 @@
 """Streaming sessions: exact state semantics, rewind, asking never disturbs the video state."""
 
+import time
+
+import numpy as np
 import pytest
 import torch
 from tiny import random_frames, tiny_video_model
 
 from ma2mba.serving.session import RewindError
 from ma2mba.video.tokenizer import QuestionTooLongError
+from ma2mba.video.vision import letterbox
 
 
 def states_equal(a, b):
@@ -25,7 +29,9 @@ def test_streaming_equals_one_forward_over_all_frame_tokens():
     session = watch(model, frames)
     with torch.no_grad():
         prompt = torch.tensor([model.prompt_ids()])
-        tokens = model.frame_embeds(model.encode_frames(frames), list(range(23))).flatten(0, 1)  # (23·(1+k), d)
+        pixels = torch.from_numpy(np.stack([letterbox(f, model.vision.cfg.image_size) for f in frames]))
+        visual = model.projector(model.vision((pixels.permute(0, 3, 1, 2).float() / 255).double()))
+        tokens = model.frame_embeds(visual, list(range(23))).flatten(0, 1)  # (23·(1+k), d)
         embeds = torch.cat([model.lm.embed(prompt)[0], tokens])[None]
         full = model.lm(inputs_embeds=embeds).state
     for (c1, s1), (c2, s2) in zip(session.state, full):
@@ -46,34 +52,65 @@ def test_asking_never_disturbs_the_video_state():
     assert answers == fresh * 3
 
 
-@pytest.mark.parametrize("cached_frames", [64, 2])  # from cached embeddings, or by re-decoding
-def test_rewind_equals_a_session_that_stopped_there(cached_frames):
-    model = tiny_video_model()
+def states_close(a, b, **tolerance):
+    tolerance = tolerance or dict(rtol=1e-10, atol=1e-12)  # float64 models: equal but for rounding
+    for (c1, s1), (c2, s2) in zip(a, b):
+        torch.testing.assert_close(c1, c2, **tolerance)
+        torch.testing.assert_close(s1, s2, **tolerance)
+
+
+@pytest.mark.parametrize("kept", [True, False])  # from the kept frame tokens, or by re-decoding the file
+def test_rewind_equals_a_session_that_stopped_there(kept):
+    model = tiny_video_model(dtype=torch.float64)
     frames = random_frames(30)
     source = lambda after, until: ((float(t), frames[t]) for t in range(len(frames)) if after < t <= until)
-    session = watch(model, frames, snapshot_every=4, cached_frames=cached_frames, frame_source=source)
-    for at in (0.0, 7.0, 13.0, 28.0):
+    state_bytes = model.start_session().state.nbytes()
+    cap = 64 * 2**20 if kept else 8 * state_bytes  # room for the fewest snapshots only: every frame's tokens go
+    session = watch(model, frames, snapshot_every=4, max_rewind_bytes=cap, frame_source=source)
+    assert session.first_kept == (0 if kept else 30)
+    for at in (-1.0, 0.0, 7.0, 13.0, 28.0):
         stopped = watch(model, frames[: int(at) + 1])
-        assert states_equal(session.state_at(at), stopped.state)
+        states_close(session.state_at(at), stopped.state)
         q = "How many times did a red star appear?"
         assert session.answer(q, at=at, max_new_tokens=5) == stopped.answer(q, max_new_tokens=5)
 
 
-def test_rewind_without_frames_says_why():
+def test_rewind_without_the_file_says_it_is_needed():
     model = tiny_video_model()
-    session = watch(model, random_frames(20), snapshot_every=8, cached_frames=2)
-    with pytest.raises(RewindError, match="Cannot rewind"):
+    state_bytes = model.start_session().state.nbytes()
+    session = watch(model, random_frames(20), snapshot_every=8, max_rewind_bytes=3 * state_bytes)
+    with pytest.raises(RewindError, match="without the video.*Open the video again"):
         session.state_at(5.0)
 
 
-def test_snapshots_are_thinned_under_the_cap():
+def test_past_the_cap_snapshots_are_thinned_evenly_before_any_frame_goes():
     model = tiny_video_model()
-    state_bytes = model.start_session().state.nbytes()
-    session = watch(model, random_frames(60), snapshot_every=1, max_snapshot_bytes=10 * state_bytes)
+    session = watch(model, random_frames(4), snapshot_every=1)
+    state_bytes, frame_bytes = session.state.nbytes(), session.kept[0][1].numel() * 4
+    cap = 12 * state_bytes + 120 * frame_bytes  # 12 snapshots and the tokens of 120 frames
+    session = watch(model, random_frames(120), snapshot_every=1, max_rewind_bytes=cap)
     times = [s.t for s in session.snapshots]
-    assert len(times) == 10 and times[-1] == 59.0
+    assert len(times) == 12 and times[-1] == 119.0 and session.first_kept == 0
+    assert session.rewind_bytes() <= cap == session.stats()["max_rewind_bytes"]
     gaps = [b - a for a, b in zip(times[1:], times[2:])]
-    assert max(gaps) <= 3 * min(gaps)  # coverage stays spread over the whole video
+    assert max(gaps) <= 2 * 119 / len(gaps)  # coverage stays spread over the whole video: no gap twice the mean
+
+
+def test_rewind_anywhere_in_a_two_hour_video_without_the_file():
+    """7,200 frames: rewinds need no file, replay the LM only, and the session stays under its cap."""
+    torch.set_num_threads(1)
+    model = tiny_video_model()
+    frames = random_frames(16, h=16, w=16)
+    session = model.start_session(max_rewind_bytes=4 * 2**20)
+    for t in range(7200):
+        session.ingest(frames[t % 16], float(t))
+    assert session.rewind_bytes() <= 4 * 2**20 and session.first_kept == 0  # every frame's tokens are kept
+    for at in (20.0, 3599.0, 7100.0):
+        started = time.perf_counter()
+        state = session.state_at(at)
+        assert time.perf_counter() - started < 1.0
+        if at == 20.0:
+            states_close(state, watch(model, [frames[t % 16] for t in range(21)]).state, rtol=1e-5, atol=1e-6)
 
 
 def test_follow_up_continues_the_conversation():
@@ -110,3 +147,13 @@ def test_stats_report_the_stream():
     assert s["frames"] == 6 and s["tokens"] == len(session.model.prompt_ids()) + 6 * session.model.tokens_per_frame
     assert s["state_bytes"] == session.state.nbytes() > 0
     assert s["ms_per_frame"] > 0 and s["rss_bytes"] > 0
+
+
+def test_as_of_outside_the_video_is_moved_with_a_note():
+    session = watch(tiny_video_model(), random_frames(30))
+    assert session.as_of(None) == (None, "") and session.as_of(12) == (12.0, "")
+    assert session.as_of(29) == (None, "")  # the last frame: no rewind
+    at, note = session.as_of(500)
+    assert at is None and note == "As of 8:20 is past what was watched: asked as of the end (0:29)."
+    at, note = session.as_of(-5)
+    assert at == 0.0 and "before the video starts" in note

@@ -74,6 +74,13 @@ from ..engine.state import State
 from .meter import LiveStorages, tensor_bytes, without_data
 
 MODES = ("none", "layer", "sqrt", "multi_axis")
+# The planner's own limits. Past them a plan is of no use (2^30 tokens is 2,000 hours of video at the
+# paper's 145 tokens per frame; 2^50 bytes is a pebibyte), and the search would cost memory for nothing.
+MAX_PLAN_SEQ_LEN = 2**30
+MAX_PLAN_BUDGET_BYTES = 2**50
+# The segment lengths the planner tries: every multiple of the scan chunk up to this many, then as many
+# spread geometrically, so the search's memory stays bounded at any length.
+MAX_SEGMENT_CANDIDATES = 4096
 
 
 class CheckpointingError(ValueError):
@@ -288,6 +295,7 @@ def plan(
     `layers_per_block` / `tokens_per_segment` fix that axis of the multi_axis grid.
     Raises MemoryBudgetError, naming the longest sequence that fits, when nothing does.
     """
+    check_plan_limits(seq_len, budget_bytes)
     model = _CostModel(config, batch, dtype)
     S, L = seq_len, config.n_layer
     by_mode = {mode: model.baseline_peak(mode, S) for mode in ("none", "layer", "sqrt")}
@@ -328,6 +336,7 @@ def predict_peak_bytes(
     config, seq_len: int, mode: str, batch: int = 1, dtype=torch.float32, layers_per_block=None, tokens_per_segment=None
 ) -> int:
     """The cost model's peak for one mode (multi_axis: at the given grid, or its best one)."""
+    check_plan_limits(seq_len)
     model = _CostModel(config, batch, dtype)
     if mode in ("none", "layer", "sqrt"):
         return model.baseline_peak(mode, seq_len)
@@ -335,7 +344,11 @@ def predict_peak_bytes(
 
 
 def max_seq_len(config, budget_bytes: int, mode: str = "multi_axis", batch: int = 1, dtype=torch.float32) -> int:
-    """The longest sequence whose training step fits in `budget_bytes` with `mode` (0 if none does)."""
+    """The longest sequence whose training step fits in `budget_bytes` with `mode` (0 if none does).
+
+    MAX_PLAN_SEQ_LEN means "at least that long": the search stops there.
+    """
+    check_plan_limits(1, budget_bytes)
 
     def fits(S):
         return predict_peak_bytes(config, S, mode, batch, dtype) <= budget_bytes
@@ -344,12 +357,36 @@ def max_seq_len(config, budget_bytes: int, mode: str = "multi_axis", batch: int 
         return 0
     hi = 2
     while fits(hi):
+        if hi == MAX_PLAN_SEQ_LEN:
+            return hi
         hi *= 2
     lo = hi // 2  # fits(lo) and not fits(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo
+
+
+def check_plan_limits(seq_len: int, budget_bytes=None) -> None:
+    """Refuse, with a sentence, a length or a budget past the planner's limits."""
+    if not 1 <= seq_len <= MAX_PLAN_SEQ_LEN:
+        raise CheckpointingError(f"the planner takes sequences of 1 to {MAX_PLAN_SEQ_LEN:,} tokens, not {seq_len:,}")
+    if budget_bytes is not None and not 0 < budget_bytes <= MAX_PLAN_BUDGET_BYTES:
+        raise CheckpointingError(
+            f"the planner takes memory budgets above 0 and up to {MAX_PLAN_BUDGET_BYTES / 2**30:,.0f} GiB, "
+            f"not {budget_bytes / 2**30:,.3g} GiB"
+        )
+
+
+def segment_candidates(S: int, chunk: int) -> np.ndarray:
+    """Segment lengths for S tokens: the chunk's multiples below S (spread geometrically when there are more
+    than MAX_SEGMENT_CANDIDATES of them), and S itself."""
+    n = -(-S // chunk) - 1  # multiples of the chunk below S
+    if n <= MAX_SEGMENT_CANDIDATES:
+        multiples = np.arange(1, n + 1)
+    else:
+        multiples = np.unique(np.geomspace(1, n, MAX_SEGMENT_CANDIDATES).round().astype(np.int64))
+    return np.append(multiples * chunk, S)
 
 
 def _gib(n) -> str:
@@ -419,8 +456,8 @@ class _CostModel:
         ls = np.arange(1, L + 1) if l is None else np.array([l])
         if s is not None or S <= T:
             ss = np.array([min(s or S, S)])
-        else:  # the multiples of the chunk, and the whole sequence
-            ss = np.append(np.arange(T, S, T), S)
+        else:
+            ss = segment_candidates(S, T)
         l_grid, s_grid = np.meshgrid(ls, ss, indexing="ij")
         return l_grid.ravel(), s_grid.ravel()
 

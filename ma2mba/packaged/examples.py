@@ -47,6 +47,14 @@ CLIPS = (
     ClipSpec("shapes-2min.mp4", seed=103, seconds=120, width=640, height=360),
     ClipSpec("shapes-portrait-45s.mp4", seed=104, seconds=45, width=360, height=640),
 )
+# What the Space suggests for an upload that is not an example: questions the packaged model answers
+# correctly on every example clip (tests/test_packaged.py checks each one).
+UPLOAD_SUGGESTIONS = (
+    "What shape appeared first?",
+    "What color was the first shape?",
+    "Did a red circle appear?",
+    "How many times did a red circle appear?",
+)
 # One suggestion per kind, in this order (first_shape first: the app tests ask the first one).
 SUGGESTED_KINDS = ("first_shape", "count", "exists", "last")
 

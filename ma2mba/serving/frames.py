@@ -28,16 +28,17 @@ def frame_tokens(model, frames, times, train_vision: bool = False) -> torch.Tens
     frames = np.asarray(frames)
     b, n = frames.shape[:2]
     flat = frames.reshape(b * n, *frames.shape[2:])
-    size, device = model.vision.cfg.image_size, model.device
+    size, device, dtype = model.vision.cfg.image_size, model.device, model.projector[0].weight.dtype
+    pixels = lambda f: frames_to_tensor(f, size, device).to(dtype)
     if train_vision and torch.is_grad_enabled():
-        features = model.vision(frames_to_tensor(flat, size, device))  # (B*N, k, C)
+        features = model.vision(pixels(flat))  # (B*N, k, C)
     else:
         first: dict[bytes, int] = {}  # frame bytes -> index of its distinct frame
         inverse = np.array([first.setdefault(f.tobytes(), len(first)) for f in flat])
         distinct = flat[np.unique(inverse, return_index=True)[1]]  # first occurrences, in index order
         with torch.no_grad():
-            features = model.vision(frames_to_tensor(distinct, size, device))[torch.from_numpy(inverse).to(device)]
-    visual = model.projector(features.to(model.projector[0].weight.dtype))
+            features = model.vision(pixels(distinct))[torch.from_numpy(inverse).to(device)]
+    visual = model.projector(features)
     return model.frame_embeds(visual.unflatten(0, (b, n)), times)
 
 

@@ -4,15 +4,19 @@ The whole video lives in the LM's recurrent state (a few hundred KB, whatever th
 Ingesting a frame costs the same time and memory at minute 1 and at hour 2. Asking a question
 runs from that state and never changes it, so any number of questions can follow.
 
-Rewind (`ask(q, at=t)`) answers as a session that saw only the frames up to t: it restarts from
-the last state snapshot at or before t and re-ingests the frames in between, from a small cache of
-frame embeddings or, further back, by re-decoding through `frame_source`. Snapshots are thinned
-under a memory cap, so memory stays bounded too.
+Rewind (`ask(q, at=t)`) answers exactly as a session that saw only the frames up to t. The
+session keeps a state snapshot every few seconds and every frame's tokens (1.5 KiB a frame for the
+packaged model), all under one memory cap (`max_rewind_bytes`, 64 MiB by default). A rewind
+replays only the LM, from the nearest snapshot at or before t over the kept tokens, in one call.
+Past the cap the snapshots are thinned (evenly, the oldest first), so rewinds get slower rather
+than refused; only when the frames' tokens alone pass the cap are the oldest dropped, and a rewind
+that far back re-decodes the file through `frame_source`, or says it needs it.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -42,11 +46,10 @@ class StreamingSession:
         self,
         model,
         snapshot_every: float = 2.0,
-        max_snapshot_bytes: int = 32 * 2**20,
-        cached_frames: int = 64,
+        max_rewind_bytes: int = 64 * 2**20,
         frame_source=None,
     ):
-        """frame_source(t_after, t_until) -> iterable of (t, frame) re-decodes frames for long rewinds."""
+        """frame_source(t_after, t_until) -> iterable of (t, frame) re-decodes frames whose tokens were dropped."""
         self.model = model
         self.snapshot_every = snapshot_every
         self.frame_source = frame_source
@@ -55,9 +58,10 @@ class StreamingSession:
         with torch.inference_mode():
             self.state = prompt_state(model)
         self.tokens = len(model.prompt_ids())
-        self.max_snapshots = max(2, max_snapshot_bytes // max(1, self.state.nbytes()))
-        self.snapshots = [Snapshot(-float("inf"), 0, self.state)]
-        self.cache = deque(maxlen=cached_frames)  # (t, frame embeddings (1 + k, d)) of the latest frames
+        self.max_rewind_bytes = max_rewind_bytes
+        self.snapshots = [Snapshot(-float("inf"), 0, self.state)]  # the first, before any frame, is never dropped
+        self.kept = deque()  # (t, frame tokens (1 + k, d)) of every frame from the first_kept-th on
+        self.first_kept = 0
         self.frame_ms = deque(maxlen=64)
         self.conversation: State | None = None  # state after the last full answer, for follow-ups
         self.last_answer_ids: list[int] = []
@@ -78,22 +82,49 @@ class StreamingSession:
         start = time.perf_counter()
         embeds = self._embed(frame, t)
         self.state = self._advance(self.state, embeds)
-        self.cache.append((t, embeds))
+        self.kept.append((t, embeds))
         self.frames += 1
         self.tokens += embeds.shape[0]
         self.last_t = t
         self.conversation = None  # a new frame starts a new conversation about the longer video
         if t - self.snapshots[-1].t >= self.snapshot_every:
-            self._snapshot()
+            self.snapshots.append(Snapshot(self.last_t, self.frames, self.state))
+        self._fit_cap()
         self.frame_ms.append(1000 * (time.perf_counter() - start))
 
-    def _snapshot(self) -> None:
-        self.snapshots.append(Snapshot(self.last_t, self.frames, self.state))
-        if len(self.snapshots) > self.max_snapshots:
-            # Drop the inner snapshot whose neighbours are closest: coverage stays as even as possible.
-            ts = [s.t for s in self.snapshots]
-            i = min(range(1, len(ts) - 1), key=lambda j: ts[j + 1] - ts[j - 1])
-            del self.snapshots[i]
+    MIN_SNAPSHOTS = 8  # thinning stops here; past it the oldest frames' tokens go
+
+    def rewind_bytes(self) -> int:
+        """What rewinding costs in memory: the snapshots and the kept frame tokens."""
+        frame_bytes = self.kept[0][1].numel() * self.kept[0][1].element_size() if self.kept else 0
+        return sum(s.state.nbytes() for s in self.snapshots) + len(self.kept) * frame_bytes
+
+    def _fit_cap(self) -> None:
+        while self.rewind_bytes() > self.max_rewind_bytes:
+            if len(self.snapshots) > self.MIN_SNAPSHOTS:
+                # Drop the inner snapshot whose neighbours are closest (the oldest of equals): coverage stays even.
+                ts = [s.t for s in self.snapshots]
+                i = min(range(1, len(ts) - 1), key=lambda j: ts[j + 1] - ts[j - 1])
+                del self.snapshots[i]
+            elif self.kept:
+                self.kept.popleft()
+                self.first_kept += 1
+            else:
+                return
+
+    def as_of(self, at) -> tuple[float | None, str]:
+        """`at` (seconds, or None for the end) as a moment to answer as of, and a note when it had to be moved:
+        before the first frame it becomes 0:00, past the last frame the end."""
+        if at is None:
+            return None, ""
+        at = float(at)
+        if at < 0:
+            return 0.0, f"As of {at:g} s is before the video starts: asked as of 0:00."
+        if at > self.last_t + 1:
+            return None, (
+                f"As of {_clock(at)} is past what was watched: asked as of the end ({_clock(max(self.last_t, 0))})."
+            )
+        return (None if at >= self.last_t else at), ""
 
     def state_at(self, t: float) -> State:
         """The state of a session that saw only the frames shown at or before t."""
@@ -101,20 +132,21 @@ class StreamingSession:
             return self.state
         i = bisect.bisect_right([s.t for s in self.snapshots], t) - 1
         snap = self.snapshots[i]
-        state = snap.state
-        first_cached = self.frames - len(self.cache)  # index of the oldest frame still cached
-        if snap.frames >= first_cached:
-            gap = [e for ft, e in self.cache if snap.t < ft <= t]
+        if snap.frames >= self.first_kept:
+            start = snap.frames - self.first_kept
+            gap = [tokens for ft, tokens in itertools.islice(self.kept, start, None) if ft <= t]
         elif self.frame_source is not None:
             gap = [self._embed(f, ft) for ft, f in self.frame_source(snap.t, t) if snap.t < ft <= t]
         else:
             raise RewindError(
-                f"Cannot rewind to {t:.0f}s: the nearest snapshot is at {snap.t:.0f}s and the frames in "
-                "between are no longer cached. Re-open the video to rewind that far."
+                f"Cannot rewind to {t:.0f}s without the video: the frames between the nearest snapshot "
+                f"({max(snap.t, 0):.0f}s) and then were dropped to keep the session under "
+                f"{self.max_rewind_bytes / 2**20:.0f} MiB. Open the video again (pass frame_source) to rewind that far."
             )
-        for embeds in gap:
-            state = self._advance(state, embeds)
-        return state
+        if not gap:
+            return snap.state
+        with torch.inference_mode():  # the LM alone, over every frame in between, in one call
+            return run_frames(self.model, torch.stack(gap)[None], snap.state)[0][-1]
 
     # --- asking ---
     def ask(
@@ -167,8 +199,15 @@ class StreamingSession:
             "seconds_watched": max(0.0, self.last_t),
             "state_bytes": self.state.nbytes(),
             "snapshots": len(self.snapshots),
-            "snapshot_bytes": sum(s.state.nbytes() for s in self.snapshots[1:]),
-            "cached_frames": len(self.cache),
+            "kept_frames": len(self.kept),
+            "rewind_bytes": self.rewind_bytes(),
+            "max_rewind_bytes": self.max_rewind_bytes,
             "ms_per_frame": float(np.median(self.frame_ms)) if self.frame_ms else None,
             "rss_bytes": psutil.Process().memory_info().rss,
         }
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -28,10 +28,11 @@ from ..engine.transformer import ARCHITECTURE, TransformerConfig, TransformerLM
 from ..hub import ModelFileError, ModelNotFoundError, find_weights, load_checked, read_weights, resolve_model_dir
 from .time_markers import TimeMarker
 from .tokenizer import ASSISTANT, EOS, SYSTEM, USER, QuestionTooLongError, Tokenizer
-from .vision import VisionConfig, frames_to_tensor, make_frame_encoder
+from .vision import VisionConfig, make_frame_encoder
 
 MODEL_TYPE = "video_ma2mba"
 IGNORE = -100  # label of positions without a loss
+MAX_QUESTION_CHARS = 500  # and at most VideoConfig.max_question_tokens tokens
 
 
 @dataclass
@@ -91,11 +92,6 @@ class VideoMa2mba(nn.Module):
         return 1 + self.vision.tokens_per_frame  # the time marker and the frame's visual tokens
 
     # --- embeddings ---
-    def encode_frames(self, frames) -> torch.Tensor:
-        """uint8 frames (list or (N, H, W, 3)) -> visual tokens in LM space (N, k, d)."""
-        pixels = frames_to_tensor(frames, self.vision.cfg.image_size, self.device)
-        return self.projector(self.vision(pixels.to(self.projector[0].weight.dtype)))
-
     def frame_embeds(self, visual: torch.Tensor, times) -> torch.Tensor:
         """visual (..., N, k, d) and times (N,) or (..., N) -> (..., N, 1 + k, d): time marker, then the frame."""
         lead = visual.shape[:-2]
@@ -113,7 +109,15 @@ class VideoMa2mba(nn.Module):
         return [t.token_id(SYSTEM), *t.encode(self.config.system_prompt), t.token_id(EOS), t.token_id(USER)]
 
     def question_ids(self, question: str) -> list[int]:
-        ids = self.tokenizer.encode(question.strip())
+        """The question's tokens in the template, or QuestionTooLongError: the one check of a question's
+        length, for the library, the CLI, the Space and its API alike."""
+        question = question.strip()
+        if len(question) > MAX_QUESTION_CHARS:  # before tokenizing: a pasted page costs nothing to refuse
+            raise QuestionTooLongError(
+                f"The question is {len(question):,} characters long; the limit is {MAX_QUESTION_CHARS}. "
+                "Ask a shorter question."
+            )
+        ids = self.tokenizer.encode(question)
         if not ids:
             raise QuestionTooLongError("The question is empty. Type a question about the video.")
         if len(ids) > self.config.max_question_tokens:

@@ -1,4 +1,4 @@
-"""The Space with a packaged model that cannot be loaded stays up and says why, on each tab."""
+"""The Space guards itself: a packaged model that cannot be loaded, local folders on a public Space, "As of"."""
 
 import gradio as gr
 import pytest
@@ -8,15 +8,12 @@ from ma2mba.hub import ModelFileError
 
 @pytest.fixture
 def app_without_its_model(monkeypatch):
-    import ma2mba.packaged
+    import app
 
     def broken(name=None, device="cpu"):
         if name is None:
             raise ModelFileError("/srv/assets/ma2mba-shapes/model.safetensors cannot be read as weights (truncated)")
         raise AssertionError("only the packaged model is loaded here")
-
-    monkeypatch.setattr(ma2mba.packaged, "load_model", broken)
-    import app
 
     monkeypatch.setattr(app, "load_model", broken)
     monkeypatch.setattr(app, "MODELS", app.Models())
@@ -30,3 +27,17 @@ def test_watching_says_the_packaged_model_could_not_be_loaded(app_without_its_mo
         next(app.watch(str(app.EXAMPLES[0]["path"]), "fastest", None))
     assert "could not be loaded" in app.model_card(None) and "truncated" in app.model_card(None)
     assert "truncated" in app.packaged_error_note()
+
+
+def test_a_public_space_refuses_local_folders_without_saying_what_is_there(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import app
+
+    monkeypatch.setitem(app.SETTINGS, "allow_local_models", False)
+    for name in ("/etc", str(tmp_path), "assets/ma2mba-shapes", "../x", "~"):
+        _, status, _ = app.load_other(name)
+        assert (
+            status.startswith("⚠ This Space loads the packaged model and Hugging Face repo ids") and name not in status
+        )
+    _, status, _ = app.load_other("someone/no-such-model")  # a repo id passes the gate (and is not on the Hub here)
+    assert "Hub" in status and "This Space loads" not in status
