@@ -19,61 +19,26 @@ from ..video.model import VideoConfig, VideoMa2mba
 from ..video.tokenizer import build_word_tokenizer
 from ..video.vision import VisionConfig
 
+# fmt: off
 SHAPES = (
     Stage("vision", "kinds", steps=1200, lr=2e-3, frames_per_step=128, train_vision=True, warmup=50),
     Stage("align", "frames", steps=600, lr=2e-3, warmup=50),
     Stage("captions", "captions", steps=200, lr=1e-3, lengths=(16, 32, 64, 128), moments=6, asks_per_step=192),
     # Sized to ~1.5 h on one CPU thread (~6 s a step); a GPU run can afford longer lengths and more steps.
-    Stage(
-        "qa",
-        "qa",
-        steps=900,
-        lr=1e-3,
-        lengths=(16, 32, 64, 128, 256, 512),
-        promote_at=0.6,
-        min_steps=30,
-        tokens_per_step=4096,
-        asks_per_step=256,
-        caption_share=0.1,
-        checkpointing="multi_axis",
-        checkpointing_from=512,
-    ),
+    Stage("qa", "qa", steps=900, lr=1e-3, lengths=(16, 32, 64, 128, 256, 512), promote_at=0.6, min_steps=30,
+          tokens_per_step=4096, asks_per_step=256, caption_share=0.1,
+          checkpointing="multi_axis", checkpointing_from=512),
     # Stage 2 again, longer, on an LM grown by a per-block MLP (zero-initialised, so the trained model
     # is unchanged at the start). The first QA stage learnt first/last but stalled on counts, "after"
     # and "when": questions that look up one of 28 (colour, shape) kinds, a conjunction of two words
     # that an MLP-free Mamba-2 forms slowly. Those kinds are asked more often here.
-    Stage(
-        "qa_mlp",
-        "qa",
-        steps=1200,
-        lr=1e-3,
-        lengths=(32, 64, 128, 256, 512),
-        promote_at=0.0,
-        min_steps=1,
-        replay=0.6,
-        tokens_per_step=4096,
-        asks_per_step=256,
-        checkpointing="multi_axis",
-        checkpointing_from=512,
-        warmup=30,
-        grow_mlp=384,
-        question_kinds=(
-            "first_shape",
-            "first_color",
-            "last",
-            "exists",
-            "exists",
-            "after",
-            "after",
-            "count",
-            "count",
-            "count",
-            "when",
-            "when",
-            "when",
-        ),
-    ),
+    Stage("qa_mlp", "qa", steps=1200, lr=1e-3, lengths=(32, 64, 128, 256, 512), promote_at=0.0, min_steps=1,
+          replay=0.6, tokens_per_step=4096, asks_per_step=256,
+          checkpointing="multi_axis", checkpointing_from=512, warmup=30, grow_mlp=384,
+          question_kinds=("first_shape", "first_color", "last", "exists", "exists", "after", "after",
+                          "count", "count", "count", "when", "when", "when")),
 )
+# fmt: on
 
 # SHAPES at the budget the Transformer baseline is compared on (benchmarks/transformer_vs_mamba.py), about
 # 30 min per model on one core: the same stages, data, curriculum lengths and promotion threshold, with
@@ -97,38 +62,16 @@ SHAPES_SMALL = (
 )
 
 # A few steps of every task, checkpointing and growth: the tests use it to exercise the whole loop.
+_SMOKE_QA = Stage(
+    "qa", "qa", steps=3, lr=1e-3, lengths=(6, 10), min_steps=1, promote_at=0.0, tokens_per_step=64, asks_per_step=16,
+    warmup=1,
+)  # fmt: skip
 SMOKE = (
     Stage("vision", "kinds", steps=2, lr=1e-3, frames_per_step=8, train_vision=True, warmup=1),
     Stage("align", "frames", steps=3, lr=1e-3, frames_per_step=8, warmup=1),
     Stage("captions", "captions", steps=2, lr=1e-3, lengths=(6,), tokens_per_step=48, asks_per_step=8, warmup=1),
-    Stage(
-        "qa",
-        "qa",
-        steps=3,
-        lr=1e-3,
-        lengths=(6, 10),
-        min_steps=1,
-        promote_at=0.0,
-        tokens_per_step=64,
-        asks_per_step=16,
-        warmup=1,
-        checkpointing="multi_axis",
-    ),
-    Stage(
-        "qa_mlp",
-        "qa",
-        steps=3,
-        lr=1e-3,
-        lengths=(6, 10),
-        min_steps=1,
-        promote_at=0.0,
-        replay=0.5,
-        tokens_per_step=64,
-        asks_per_step=16,
-        warmup=1,
-        grow_mlp=64,
-        question_kinds=("count", "count", "when"),
-    ),
+    dataclasses.replace(_SMOKE_QA, checkpointing="multi_axis"),
+    dataclasses.replace(_SMOKE_QA, name="qa_mlp", replay=0.5, grow_mlp=64, question_kinds=("count", "count", "when")),
 )
 
 RECIPES = {"shapes": SHAPES, "shapes_small": SHAPES_SMALL, "smoke": SMOKE}  # the names `ma2mba train --recipe` takes
