@@ -1,7 +1,7 @@
 """A training step of the shapes recipe in fp32 and under bf16 autocast, side by side.
 
 On a CPU without native bf16 instructions (plain AVX2), PyTorch emulates bf16 and autocast slows training
-down; `train.bf16_pays` decides the Trainer's default from this. Each round times one QA step of each
+down; `trainer.bf16_pays` decides the Trainer's default from this. Each round times one QA step of each
 precision on the same fresh batch shape (the packaged architecture, untrained), alternating, and the
 table gives medians and the median of the per-round ratios.
 

@@ -41,7 +41,7 @@ counts made exact and the terms that every mode shares written out; A(s) ≈ s·
 W(s) ≈ s·C_state, affine in s. `layer` is M(1, S), `sqrt` is
 M(round(√L), S), and `none` keeps everything: L·A(S) + W(S'), the initial states, and S·C_io, where
 S' = min(S, 2048/b): without checkpointing the CPU backbone runs long inputs in pieces of 2048
-positions (lm.CPU_SEGMENT_TOKENS), so a layer's backward works on one piece at a time. (On CUDA the
+positions (mamba2.CPU_SEGMENT_TOKENS), so a layer's backward works on one piece at a time. (On CUDA the
 backbone does not split; there S' = S, and mamba_ssm's fused kernels have constants of their own.)
 The final states are not counted: a training step that keeps them adds L·C_S.
 
@@ -49,7 +49,7 @@ The constants come from the config and the dtype: C_L = d_model·(bytes of the h
 residual), C_S = the bytes of one layer's (conv, ssm) state, C_io = 3·d_model·bytes, C_head =
 vocab·d_model·bytes when the head is tied (else 0), C_end = 3·C_head tied, vocab·d_model·bytes
 untied. A(s) and W(s) are what OUR layer keeps and works with, so they are measured: the forward
-and backward of one layer and of two are traced on fake tensors (shapes, no data; see memory.py),
+and backward of one layer and of two are traced on fake tensors (shapes, no data; see meter.py),
 at one, two, four and eight scan chunks (A from the first two; W with the steepest slope among
 them). That takes a fraction of a second, once per config and dtype, and follows any change to the layer's implementation. Autocast is not modelled: under bf16 autocast
 the prediction for float32 is an upper bound.

@@ -10,7 +10,7 @@ Stages (Video-Ma²mba §4, adapted):
 Stages 1.5 and 2 freeze the vision encoder, as the paper freezes CLIP, and climb a curriculum of
 video lengths: a length is promoted once its running exact-match accuracy passes `promote_at`,
 and earlier lengths are replayed now and then. Questions branch from the state at several moments
-of each video (data/batches.py), so every pass supervises many answers at many lengths.
+of each video (training/answers.py), so every pass supervises many answers at many lengths.
 
 Everything is resumable: `checkpoint.pt` is written every `checkpoint_every` steps and on Ctrl-C,
 and a rerun of the same command continues where it stopped. `log.jsonl` records loss, accuracy,
