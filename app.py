@@ -38,6 +38,8 @@ from ma2mba.packaged.examples import (
 from ma2mba.serving.session import RewindError
 from ma2mba.video.decode import VideoError, frame_source, probe, sample_frames
 from ma2mba.video.model import MAX_QUESTION_CHARS
+from ma2mba.video.novelty import THRESHOLD as NOVELTY_THRESHOLD
+from ma2mba.video.novelty import Novelty, video_score
 from ma2mba.video.tokenizer import QuestionTooLongError
 
 
@@ -72,6 +74,8 @@ N_SUGGESTIONS = 4
 PAPER = lab.PRESETS["paper 2.7B"]
 PAPER_STATE_BYTES = lab.state_bytes(PAPER.lm, PAPER.dtype)
 LIMITS = lab.Limits.from_env()
+NOVELTY = Novelty.load(PACKAGED_MODEL_DIR)  # the packaged model's fitted score (video/novelty.py), or None
+NOVELTY_MIN_FRAMES = 8  # frames scored before the video's score is shown
 LAB_CHILD = dict(limit_bytes=SETTINGS["lab_memory_mb"] << 20, timeout_s=SETTINGS["lab_timeout_s"])
 
 torch.set_num_threads(SETTINGS["torch_threads"])
@@ -155,6 +159,14 @@ class Viewer:
     started: float = field(default_factory=time.perf_counter)  # when watching began, for the speed shown
     history: list = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)  # ingest and ask take turns
+    novelty_scores: list = field(default_factory=list)  # of sampled frames, with the packaged model only
+
+    def unfamiliar(self) -> float | None:
+        """The video's novelty score once enough frames are scored and it is above the threshold, else None."""
+        if len(self.novelty_scores) < NOVELTY_MIN_FRAMES:
+            return None
+        score = video_score(self.novelty_scores)
+        return score if score > NOVELTY_THRESHOLD else None
 
 
 def progress_html(viewer: Viewer, state: str) -> str:
@@ -174,7 +186,19 @@ def progress_html(viewer: Viewer, state: str) -> str:
         f"<b>{html.escape(state)}</b> · <span class='clock'>{fmt_clock(s['seconds_watched'])}"
         f"{' / ' + fmt_clock(total) if total else ''}</span>"
         f"<progress value='{share:.3f}' max='1' style='width:100%'></progress>"
-        f"<span class='frames'>{s['frames']} frames</span> · {s['tokens']} tokens · {speed}</div>"
+        f"<span class='frames'>{s['frames']} frames</span> · {s['tokens']} tokens · {speed}"
+        f"{unfamiliar_html(viewer)}</div>"
+    )
+
+
+def unfamiliar_html(viewer: Viewer) -> str:
+    score = viewer.unfamiliar()
+    if score is None:
+        return ""
+    return (
+        f"<div id='unfamiliar' style='margin-top:6px;color:#b45309'>⚠ This video looks unlike ShapeWorld, the only "
+        f"world the packaged model knows (novelty {score:.1f}, above {NOVELTY_THRESHOLD:g}). Its answers will be in "
+        "ShapeWorld's terms and mean nothing here.</div>"
     )
 
 
@@ -244,6 +268,7 @@ def watch(video_path, pace, model_name):
         *suggestion_updates(questions),
     )
 
+    novelty = NOVELTY if model is MODELS.packaged else None
     frames = sample_frames(
         video_path,
         fps=1.0,
@@ -253,9 +278,11 @@ def watch(video_path, pace, model_name):
     )
     last_update = 0.0
     try:
-        for t, frame in frames:
+        for i, (t, frame) in enumerate(frames):
             with viewer.lock:
                 session.ingest(frame, t)
+            if novelty is not None and (i < NOVELTY_MIN_FRAMES or i % 8 == 0):  # every frame at first, then 1 in 8
+                viewer.novelty_scores.append(float(novelty.frame_scores(model, frame[None])[0]))
             delay = PACES.get(pace, 0.0) * (t + 1) - (time.perf_counter() - viewer.started)
             if delay > 0:
                 time.sleep(delay)

@@ -41,3 +41,35 @@ def test_a_public_space_refuses_local_folders_without_saying_what_is_there(monke
         )
     _, status, _ = app.load_other("someone/no-such-model")  # a repo id passes the gate (and is not on the Hub here)
     assert "Hub" in status and "This Space loads" not in status
+
+
+def write_video(path, frames, fps=1):
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def test_a_video_of_photographs_is_flagged_and_a_shapeworld_clip_is_not(tmp_path):
+    import importlib.util
+
+    import skimage.data
+
+    import app
+
+    spec = importlib.util.spec_from_file_location("novelty_benchmark", "benchmarks/novelty.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    photos = write_video(tmp_path / "photos.mp4", bench.photo_video(skimage.data.astronaut(), 0))
+    shapes = app.EXAMPLES[0]["path"]
+    last = {}
+    for name, path in (("photos", photos), ("shapes", shapes)):
+        for outputs in app.watch(str(path), "fastest", None):
+            last[name] = outputs[2] if isinstance(outputs[2], str) else last.get(name, "")
+    assert "looks unlike ShapeWorld" in last["photos"]
+    assert "Done" in last["shapes"] and "looks unlike" not in last["shapes"]
