@@ -109,7 +109,7 @@ def test_memory_lab_shows_a_curve_for_each_mode(page):
         labels = [lines.nth(i).get_attribute("aria-label") for i in range(2)]
         assert labels[0].endswith("mode: none") and labels[1].endswith("mode: MA-GC")
         assert all(lines.nth(i).get_attribute("stroke") for i in range(2))  # both drawn, in colour
-    assert "checkpointing recomputes exactly" in page.locator("#lab-status").inner_text()
+    assert "the same training step, up to float32 rounding" in page.locator("#lab-status").inner_text()
     summary = page.locator("#lab-summary").inner_text()
     assert "MA-GC" in summary and "l=6 (all)" in summary  # "none" runs the whole model as one cell
 
