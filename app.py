@@ -606,6 +606,10 @@ CSS = """
 #watch-memory .mem-bar {display:block; height:100%; border-radius:3px; transition:width .2s}
 #watch-memory .mem-value {width:80px; flex:none; text-align:right; font-weight:600; white-space:nowrap}
 .suggestion button {font-size: 0.85em}
+@media (max-width: 560px) {  /* a phone: the label above its bar, so the bar keeps the row's width */
+  #watch-memory .mem-row {flex-wrap:wrap; gap:2px 10px}
+  #watch-memory .mem-label {width:100%}
+}
 """
 
 INTRO = """

@@ -97,6 +97,18 @@ def test_stop_button_stops_ingestion(page):
     assert frames_shown(page) == stopped < 60
 
 
+def test_the_memory_bars_keep_their_width_on_a_phone(page):
+    """At 390 px the label goes above its bar (the bars were about 12 px wide there)."""
+    assert page.locator("#watch-memory .mem-track").count() >= 2  # a video was watched above
+    try:
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.wait_for_timeout(300)
+        widths = [box["width"] for box in (t.bounding_box() for t in page.locator("#watch-memory .mem-track").all())]
+        assert min(widths) >= 200, widths
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 900})
+
+
 def test_memory_lab_shows_a_curve_for_each_mode(page):
     page.get_by_role("tab", name="Memory lab").click()
     page.get_by_role("checkbox", name="per-layer").uncheck()
