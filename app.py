@@ -792,6 +792,7 @@ def build_demo() -> gr.Blocks:
                     label="Memory budget for activations (GiB)",
                     minimum=0.001,
                     maximum=lab.MAX_PLAN_BUDGET_BYTES / 2**30,
+                    elem_id="lab-budget",
                 )
                 budget_preset = gr.Dropdown(list(lab.PRESETS), value="paper 2.7B", label="Model size")
                 reach_btn = gr.Button("Longest clip per mode", elem_id="lab-reach-button")

@@ -1,6 +1,7 @@
 """The Space in a real browser: Playwright driving Debian's chromium (installed by .ci/run).
 
 Loads the page, uploads a video, watches ingestion progress, asks questions and sees the answers,
+rewinds a 10-minute upload, sees a refused question answered in the chat and the novelty warning,
 stops a second video mid-way, runs the Memory lab for two modes and sees both curves (and the
 length sweep), and saves screenshots of both tabs to assets/ (the README shows them).
 """
@@ -54,6 +55,15 @@ def save_screenshot(page, path: Path) -> None:
     Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)
 
 
+def fresh_page(page):
+    """Another user's page on the same app, with an empty player."""
+    other = page.context.browser.new_page(viewport={"width": 1280, "height": 900})
+    other.set_default_timeout(TIMEOUT_MS)
+    other.goto(page.url)
+    other.wait_for_selector("#watch-progress")
+    return other
+
+
 def frames_shown(page) -> int:
     return int(page.locator("#watch-progress").get_attribute("data-frames") or 0)
 
@@ -99,7 +109,11 @@ def test_stop_button_stops_ingestion(page):
 
 def test_the_memory_bars_keep_their_width_on_a_phone(page):
     """At 390 px the label goes above its bar (the bars were about 12 px wide there)."""
-    assert page.locator("#watch-memory .mem-track").count() >= 2  # a video was watched above
+    if not page.locator("#watch-memory .mem-track").count():  # run alone: watch an example first
+        page.get_by_label("fastest").check()
+        page.get_by_text("shapes-30s.mp4 · 640×360").click()
+        page.wait_for_selector("#watch-progress[data-state^='Done']")
+    assert page.locator("#watch-memory .mem-track").count() >= 2
     try:
         page.set_viewport_size({"width": 390, "height": 844})
         page.wait_for_timeout(300)
@@ -135,3 +149,53 @@ def test_memory_lab_shows_a_curve_for_each_mode(page):
     page.locator("#lab-reach-button").click()  # 16 GiB for Mamba2-2.7B at 145 tokens per frame
     page.wait_for_selector("#lab-reach :text('MA-GC')")
     save_screenshot(page, SCREENSHOTS["lab"])
+
+    # At the limit that once took the app down: a 1,000,000 GiB budget is answered, and the app stays up.
+    page.locator("#lab-budget input").fill("1000000")
+    page.locator("#lab-reach-button").click()
+    page.wait_for_function("document.querySelector('#lab-reach').innerText.includes('≥ 1,073,741,824')")
+    page.locator("#lab-budget input").fill("16")
+    page.locator("#lab-reach-button").click()
+    page.wait_for_function("!document.querySelector('#lab-reach').innerText.includes('≥')")
+
+
+def test_a_long_upload_rewinds_a_refused_question_stays_in_the_chat_and_photos_are_flagged(page, tmp_path):
+    """A 10-minute upload is asked about as of 0:20 (rewound from its snapshots, without the file); a question
+    past the limit is answered in the chat with the reason, the conversation still there; and a video of
+    photographs gets the novelty warning."""
+    from test_app_guards import write_video
+
+    from ma2mba.data import world
+    from ma2mba.data.render import write_mp4
+
+    first_page, page = page, fresh_page(page)
+    page.get_by_label("fastest").check()
+    long = write_mp4(world.generate(4242, 600), tmp_path / "ten-minutes.mp4", fps=1, width=320, height=180)
+    page.locator("input[type=file]").first.set_input_files(str(long))
+    page.wait_for_selector("#watch-progress[data-state^='Done']")
+    assert frames_shown(page) == 600 and not page.locator("#unfamiliar").count()
+    page.locator("#as-of input[type=number]").fill("20")
+    page.locator("#as-of input[type=number]").press("Enter")
+    page.locator("#question textarea").fill("What shape appeared first?")
+    page.locator("#ask").click()
+    page.wait_for_selector("#chat :text('as of 0:20')")
+    page.locator("#question textarea").fill("x" * 600)
+    page.locator("#ask").click()
+    page.wait_for_selector("#chat :text('600 characters long; the limit is 500')")
+    chat = page.locator("#chat").inner_text()
+    assert "What shape appeared first?" in chat  # the conversation is still there
+
+    import importlib.util
+
+    import skimage.data
+
+    spec = importlib.util.spec_from_file_location("novelty_benchmark", ROOT / "benchmarks" / "novelty.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    photos = write_video(tmp_path / "photos.mp4", bench.photo_video(skimage.data.coffee(), 0))
+    page.close()
+    page = fresh_page(first_page)
+    page.locator("input[type=file]").first.set_input_files(str(photos))
+    page.wait_for_selector("#watch-progress[data-state^='Done']")
+    assert "looks unlike ShapeWorld" in page.locator("#unfamiliar").inner_text()
+    page.close()
