@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_module(name: str, path: Path):
-    """Import the file (or the package folder) at `path` under `name`, without touching sys.path."""
+    """Import the file (or the package folder) at `path` under `name`, without touching the import path."""
     init = path / "__init__.py" if path.is_dir() else path
     search = [str(path)] if path.is_dir() else None
     spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=search)

@@ -1,4 +1,4 @@
-"""The package's structure: no import circles, gradio only in app.py, no sys.path edits anywhere."""
+"""The package's structure: no import circles, gradio only in app.py, no edits of the import path anywhere."""
 
 import ast
 import subprocess
@@ -73,7 +73,7 @@ def tracked_python_files() -> list[Path]:
     return [ROOT / line for line in out.split()]
 
 
-def test_only_app_py_imports_gradio_and_nothing_edits_sys_path():
+def test_only_app_py_imports_gradio_and_nothing_edits_the_import_path():
     files = tracked_python_files()
     assert ROOT / "app.py" in files and len(files) > 30
     for path in files:
@@ -90,4 +90,4 @@ def test_only_app_py_imports_gradio_and_nothing_edits_sys_path():
             and isinstance(n.value, ast.Name)
             and n.value.id == "sys"
         ]
-        assert not edits, f"{path} uses sys.path"
+        assert not edits, f"{path} edits the import path (sys, path)"
