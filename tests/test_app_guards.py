@@ -56,15 +56,12 @@ def write_video(path, frames, fps=1):
 
 
 def test_a_video_of_photographs_is_flagged_and_a_shapeworld_clip_is_not(tmp_path):
-    import importlib.util
-
     import skimage.data
+    from test_novelty import load_benchmark
 
     import app
 
-    spec = importlib.util.spec_from_file_location("novelty_benchmark", "benchmarks/novelty.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark()
     photos = write_video(tmp_path / "photos.mp4", bench.photo_video(skimage.data.astronaut(), 0))
     shapes = app.EXAMPLES[0]["path"]
     last = {}

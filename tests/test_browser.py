@@ -185,13 +185,10 @@ def test_a_long_upload_rewinds_a_refused_question_stays_in_the_chat_and_photos_a
     chat = page.locator("#chat").inner_text()
     assert "What shape appeared first?" in chat  # the conversation is still there
 
-    import importlib.util
-
     import skimage.data
+    from test_novelty import load_benchmark
 
-    spec = importlib.util.spec_from_file_location("novelty_benchmark", ROOT / "benchmarks" / "novelty.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark()
     photos = write_video(tmp_path / "photos.mp4", bench.photo_video(skimage.data.coffee(), 0))
     page.close()
     page = fresh_page(first_page)

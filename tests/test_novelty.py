@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_benchmark():
+    """benchmarks/novelty.py as a module: its photo videos and held-out seeds are the tests' too."""
     spec = importlib.util.spec_from_file_location("novelty_benchmark", ROOT / "benchmarks" / "novelty.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
